@@ -1,0 +1,79 @@
+// Backend: the only place that computes. The model, KV cache and engine describe work in
+// tensors and plans; a backend (cpu/ now, cuda/ later) owns memory on its device and runs the
+// ops. Every op states its shapes; tensors are row-major and contiguous unless said otherwise.
+// Activations are f32 on the CPU backend (bf16 on CUDA); weights are in the backend's
+// preferred layout after prepare_weight().
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace lserve {
+
+struct AttentionBatch;  // backend/attention_batch.h
+class KvCache;          // kv/kv_cache.h
+
+// Memory owned by a backend; freed when the last handle goes.
+class DeviceMemory {
+ public:
+  virtual ~DeviceMemory() = default;
+  virtual void* data() const = 0;
+  virtual size_t size() const = 0;
+  Tensor view(DType dtype, Shape shape, Device device) const {
+    Tensor t{data(), dtype, shape, device};
+    LSERVE_CHECK(t.nbytes() <= size(), "view of {} bytes over {} bytes", t.nbytes(), size());
+    return t;
+  }
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+  // The dtype activations and KV are computed in.
+  virtual DType compute_dtype() const = 0;
+
+  // ---- memory ----
+  virtual std::shared_ptr<DeviceMemory> allocate(size_t bytes) = 0;
+  // dst (on the device) <- host bytes; src (on the device) -> host bytes.
+  virtual void upload(Tensor dst, const void* host_src) = 0;
+  virtual void download(const Tensor& src, void* host_dst) = 0;
+  // A weight as read from the file (host memory, any float dtype) in the backend's layout.
+  // May return a view of the source without copying when the layout already fits, so the
+  // source must outlive the returned tensor; `keep` receives any memory allocated for it.
+  virtual Tensor prepare_weight(const Tensor& host_weight, std::shared_ptr<DeviceMemory>* keep) = 0;
+
+  // ---- ops ----
+  // out[t, :] = table[ids[t], :].  ids: [T] i32 (host or device), table: [V, H], out: [T, H].
+  virtual void embedding(const Tensor& ids, const Tensor& table, Tensor out) = 0;
+  // out = x / rms(x) * weight, per row.  x, out: [T, H]; weight: [H]. out may alias x.
+  virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor out) = 0;
+  // residual += x; out = rms_norm(residual).  Fuses the residual add with the next norm.
+  virtual void add_rms_norm(Tensor residual, const Tensor& x, const Tensor& weight, float eps, Tensor out) = 0;
+  // out = x @ weight^T (+ bias).  x: [T, K]; weight: [N, K] (HF's nn.Linear layout); bias: [N] or empty; out: [T, N].
+  virtual void linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) = 0;
+  // Per-head RMSNorm (Qwen3's q/k norm).  x: [T, num_heads * head_dim], weight: [head_dim]; in place.
+  virtual void head_rms_norm(Tensor x, int64_t head_dim, const Tensor& weight, float eps) = 0;
+  // Rotates q and k in place by RoPE at `positions` ([T] i32), NeoX style (halves rotated),
+  // with cos_sin: [max_pos, head_dim] (first half cos, second half sin, scaling folded in).
+  virtual void rope(Tensor q, Tensor k, const Tensor& positions, const Tensor& cos_sin, int64_t head_dim) = 0;
+  // out = silu(gate) * up.  gate, up, out: [T, F]; out may alias gate.
+  virtual void silu_mul(const Tensor& gate, const Tensor& up, Tensor out) = 0;
+  // Writes k and v ([T, num_kv_heads * head_dim]) of `layer` into the cache at the batch's slots.
+  virtual void kv_append(KvCache& cache, int64_t layer, const Tensor& k, const Tensor& v,
+                         const AttentionBatch& batch) = 0;
+  // Attention of the batch's queries over the cache.  q: [T, num_heads * head_dim], out: same.
+  virtual void attention(const KvCache& cache, int64_t layer, const Tensor& q, const AttentionBatch& batch,
+                         float scale, Tensor out) = 0;
+  // Waits for queued work (no-op on the CPU).
+  virtual void synchronize() = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(int num_threads);
+
+}  // namespace lserve

@@ -1,0 +1,214 @@
+// The CPU backend: f32 activations and KV, OpenMP across rows/heads, OpenBLAS for the matrix
+// products. bf16/f16 weights are converted to f32 once at load (see prepare_weight for why).
+#include <cblas.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "backend/attention_batch.h"
+#include "backend/backend.h"
+#include "backend/cpu/cpu_attention.h"
+#include "kv/kv_cache.h"
+
+namespace lserve {
+
+namespace {
+
+class HostMemory final : public DeviceMemory {
+ public:
+  explicit HostMemory(size_t bytes) : buffer_(bytes) {}
+  void* data() const override { return buffer_.data(); }
+  size_t size() const override { return buffer_.size(); }
+
+ private:
+  HostBuffer buffer_;
+};
+
+void expect_f32(const Tensor& t, const char* what) {
+  LSERVE_CHECK(t.dtype == DType::F32 && t.device == Device::Cpu, "{} must be an f32 host tensor", what);
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int num_threads) {
+    if (num_threads > 0) omp_set_num_threads(num_threads);
+    // BLAS runs from the main thread between our parallel regions: give it every core.
+    openblas_set_num_threads(omp_get_max_threads());
+  }
+
+  Device device() const override { return Device::Cpu; }
+  std::string name() const override { return fmt::format("cpu ({} threads)", omp_get_max_threads()); }
+  DType compute_dtype() const override { return DType::F32; }
+
+  std::shared_ptr<DeviceMemory> allocate(size_t bytes) override { return std::make_shared<HostMemory>(bytes); }
+  void upload(Tensor dst, const void* src) override { std::memcpy(dst.data, src, dst.nbytes()); }
+  void download(const Tensor& src, void* dst) override { std::memcpy(dst, src.data, src.nbytes()); }
+
+  // f32 weights are used in place from the mapped file. bf16/f16 are converted once: sgemm is
+  // several times faster than converting on the fly inside a hand-written GEMM on this
+  // hardware, and the doubled memory is irrelevant at the model sizes the CPU path serves.
+  Tensor prepare_weight(const Tensor& host, std::shared_ptr<DeviceMemory>* keep) override {
+    if (host.dtype == DType::F32) return host;
+    auto mem = allocate(static_cast<size_t>(host.numel()) * sizeof(float));
+    Tensor out = mem->view(DType::F32, host.shape, Device::Cpu);
+    const int64_t n = host.numel();
+    constexpr int64_t kChunk = 1 << 16;
+    const size_t esize = dtype_size(host.dtype);
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < (n + kChunk - 1) / kChunk; ++c) {
+      const int64_t begin = c * kChunk, count = std::min(kChunk, n - begin);
+      convert_to_f32(static_cast<const char*>(host.data) + begin * static_cast<int64_t>(esize), host.dtype,
+                     out.as<float>() + begin, static_cast<size_t>(count));
+    }
+    *keep = std::move(mem);
+    return out;
+  }
+
+  void embedding(const Tensor& ids, const Tensor& table, Tensor out) override {
+    expect_f32(table, "embedding table");
+    const int64_t T = ids.numel(), H = table.dim(1), V = table.dim(0);
+    const int32_t* id = ids.as<int32_t>();
+    for (int64_t t = 0; t < T; ++t) {
+      if (id[t] < 0 || id[t] >= V) fail("token id {} is outside the vocabulary of {}", id[t], V);
+      std::memcpy(out.as<float>() + t * H, table.as<float>() + id[t] * H, static_cast<size_t>(H) * sizeof(float));
+    }
+  }
+
+  void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor out) override {
+    const int64_t T = x.dim(0), H = x.dim(1);
+    const float* w = weight.as<float>();
+#pragma omp parallel for schedule(static) if (T > 4)
+    for (int64_t t = 0; t < T; ++t) normalize_row(x.as<float>() + t * H, w, H, eps, out.as<float>() + t * H);
+  }
+
+  void add_rms_norm(Tensor residual, const Tensor& x, const Tensor& weight, float eps, Tensor out) override {
+    const int64_t T = x.dim(0), H = x.dim(1);
+    const float* w = weight.as<float>();
+#pragma omp parallel for schedule(static) if (T > 4)
+    for (int64_t t = 0; t < T; ++t) {
+      float* r = residual.as<float>() + t * H;
+      const float* xi = x.as<float>() + t * H;
+#pragma omp simd
+      for (int64_t i = 0; i < H; ++i) r[i] += xi[i];
+      normalize_row(r, w, H, eps, out.as<float>() + t * H);
+    }
+  }
+
+  void linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) override {
+    expect_f32(weight, "linear weight");
+    const int64_t T = x.dim(0), K = x.dim(1), N = weight.dim(0);
+    LSERVE_CHECK(weight.dim(1) == K && out.dim(0) == T && out.dim(1) == N, "linear shapes {} x {}^T -> {}",
+                 x.shape.str(), weight.shape.str(), out.shape.str());
+    if (T == 1) {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(N), static_cast<int>(K), 1.0f, weight.as<float>(),
+                  static_cast<int>(K), x.as<float>(), 1, 0.0f, out.as<float>(), 1);
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(N),
+                  static_cast<int>(K), 1.0f, x.as<float>(), static_cast<int>(K), weight.as<float>(),
+                  static_cast<int>(K), 0.0f, out.as<float>(), static_cast<int>(N));
+    }
+    if (!bias.empty()) {
+      const float* b = bias.as<float>();
+#pragma omp parallel for schedule(static) if (T > 16)
+      for (int64_t t = 0; t < T; ++t) {
+        float* o = out.as<float>() + t * N;
+#pragma omp simd
+        for (int64_t n = 0; n < N; ++n) o[n] += b[n];
+      }
+    }
+  }
+
+  void head_rms_norm(Tensor x, int64_t head_dim, const Tensor& weight, float eps) override {
+    const int64_t rows = x.numel() / head_dim;
+    const float* w = weight.as<float>();
+#pragma omp parallel for schedule(static) if (rows > 64)
+    for (int64_t r = 0; r < rows; ++r) {
+      float* p = x.as<float>() + r * head_dim;
+      normalize_row(p, w, head_dim, eps, p);
+    }
+  }
+
+  void rope(Tensor q, Tensor k, const Tensor& positions, const Tensor& cos_sin, int64_t head_dim) override {
+    const int64_t T = q.dim(0);
+    const int64_t hq = q.dim(1) / head_dim, hk = k.dim(1) / head_dim, half = head_dim / 2;
+    const int32_t* pos = positions.as<int32_t>();
+    const int64_t max_pos = cos_sin.dim(0);
+    for (int64_t t = 0; t < T; ++t)  // checked here: an exception must not leave a parallel region
+      LSERVE_CHECK(pos[t] >= 0 && pos[t] < max_pos, "position {} outside the RoPE table of {}", pos[t], max_pos);
+#pragma omp parallel for schedule(static) if (T > 4)
+    for (int64_t t = 0; t < T; ++t) {
+      const float* cs = cos_sin.as<float>() + pos[t] * head_dim;
+      auto rotate = [&](float* x) {
+        for (int64_t i = 0; i < half; ++i) {
+          const float x1 = x[i], x2 = x[i + half], c = cs[i], s = cs[half + i];
+          x[i] = x1 * c - x2 * s;
+          x[i + half] = x2 * c + x1 * s;
+        }
+      };
+      for (int64_t h = 0; h < hq; ++h) rotate(q.as<float>() + (t * hq + h) * head_dim);
+      for (int64_t h = 0; h < hk; ++h) rotate(k.as<float>() + (t * hk + h) * head_dim);
+    }
+  }
+
+  void silu_mul(const Tensor& gate, const Tensor& up, Tensor out) override {
+    const int64_t T = out.dim(0), F = out.dim(1);
+#pragma omp parallel for schedule(static) if (T > 4)
+    for (int64_t t = 0; t < T; ++t) {
+      const float* g = gate.as<float>() + t * F;
+      const float* u = up.as<float>() + t * F;
+      float* o = out.as<float>() + t * F;
+      for (int64_t i = 0; i < F; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    }
+  }
+
+  void kv_append(KvCache& cache, int64_t layer, const Tensor& k, const Tensor& v,
+                 const AttentionBatch& batch) override {
+    const Tensor kp = cache.k_pages(layer), vp = cache.v_pages(layer);
+    const int64_t Hk = cache.num_kv_heads(), D = cache.head_dim(), P = cache.page_size();
+    const int64_t T = k.dim(0);
+#pragma omp parallel for schedule(static) if (T > 16)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t slot = batch.slot_mapping[static_cast<size_t>(t)];
+      const int64_t page = slot / P, off = slot % P;
+      for (int64_t h = 0; h < Hk; ++h) {
+        const size_t dst = static_cast<size_t>(((page * Hk + h) * P + off) * D);
+        std::memcpy(kp.as<float>() + dst, k.as<float>() + (t * Hk + h) * D, static_cast<size_t>(D) * sizeof(float));
+        std::memcpy(vp.as<float>() + dst, v.as<float>() + (t * Hk + h) * D, static_cast<size_t>(D) * sizeof(float));
+      }
+    }
+  }
+
+  void attention(const KvCache& cache, int64_t layer, const Tensor& q, const AttentionBatch& batch, float scale,
+                 Tensor out) override {
+    CpuAttentionArgs args{q.as<float>(),
+                          cache.k_pages(layer).as<float>(),
+                          cache.v_pages(layer).as<float>(),
+                          out.as<float>(),
+                          q.dim(1) / cache.head_dim(),
+                          cache.num_kv_heads(),
+                          cache.head_dim(),
+                          cache.page_size(),
+                          scale};
+    cpu_paged_attention(args, batch);
+  }
+
+  void synchronize() override {}
+
+ private:
+  // HF's RMSNorm: mean of squares in f32, x * rsqrt(mean + eps), then times the weight.
+  static void normalize_row(const float* x, const float* w, int64_t n, float eps, float* out) {
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * inv);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int num_threads) { return std::make_unique<CpuBackend>(num_threads); }
+
+}  // namespace lserve

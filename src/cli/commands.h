@@ -1,0 +1,13 @@
+// The subcommands of the `lserve` binary; each registers itself (flags + callback) on the app.
+// Callbacks throw lserve::Error for bad input; main() prints it as one line.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace lserve::cli {
+
+void add_generate_command(CLI::App& app);  // cmd_generate.cpp
+void add_tokenize_command(CLI::App& app);  // cmd_tokenize.cpp
+void add_bench_command(CLI::App& app);     // cmd_bench.cpp
+
+}  // namespace lserve::cli

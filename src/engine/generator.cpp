@@ -1,0 +1,164 @@
+#include "engine/generator.h"
+
+#include <chrono>
+#include <optional>
+
+#include "engine/stop_matcher.h"
+#include "model/tokenizer.h"
+
+namespace lserve {
+
+std::string_view finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::Length: return "length";
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Eos: return "eos";
+  }
+  return "?";
+}
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Returns a sequence's pages to the pool whatever way the scope is left.
+struct PageTableGuard {
+  KvCache& cache;
+  PageTable table;
+  ~PageTableGuard() { cache.release(table); }
+};
+}  // namespace
+
+Generator::Generator(LlamaModel& model, KvCache& cache, const Tokenizer* tokenizer, int64_t prefill_chunk)
+    : model_(model), cache_(cache), tokenizer_(tokenizer), prefill_chunk_(std::max<int64_t>(prefill_chunk, 1)) {}
+
+void Generator::step(PageTable& table, std::span<const int32_t> tokens, std::span<const int32_t> logit_rows,
+                     float* logits) {
+  const auto n = static_cast<int32_t>(tokens.size());
+  const int64_t start = table.num_tokens;
+  if (start + n > model_.max_context())
+    fail("sequence of {} tokens exceeds the max context of {}", start + n, model_.max_context());
+  cache_.reserve(table, start + n);
+  table.num_tokens = start + n;
+
+  AttentionBatch batch;
+  batch.query_start = {0, n};
+  batch.seq_lens = {static_cast<int32_t>(start + n)};
+  batch.page_indptr = {0, static_cast<int32_t>(table.pages.size())};
+  batch.page_indices.assign(table.pages.begin(), table.pages.end());
+  const int64_t P = cache_.page_size();
+  for (int32_t i = 0; i < n; ++i) {
+    const int64_t pos = start + i;
+    batch.positions.push_back(static_cast<int32_t>(pos));
+    batch.slot_mapping.push_back(static_cast<int64_t>(table.pages[static_cast<size_t>(pos / P)]) * P + pos % P);
+  }
+  model_.forward(tokens, batch, cache_, logit_rows, logits);
+}
+
+GenerationResult Generator::run(const GenerationRequest& req, const std::function<void(std::string_view)>& on_text) {
+  if (req.prompt.empty()) fail("the prompt is empty");
+  if (req.max_tokens < 0) fail("max_tokens must be >= 0");
+  const int64_t total = static_cast<int64_t>(req.prompt.size()) + req.max_tokens;
+  if (static_cast<int64_t>(req.prompt.size()) > model_.max_context())
+    fail("the prompt has {} tokens, more than the max context of {}", req.prompt.size(), model_.max_context());
+  if (total > model_.max_context())
+    fail("prompt ({} tokens) + max_tokens ({}) exceeds the max context of {}", req.prompt.size(), req.max_tokens,
+         model_.max_context());
+
+  GenerationResult result;
+  result.prompt_tokens = static_cast<int64_t>(req.prompt.size());
+  PageTableGuard seq{cache_, {}};
+  Sampler sampler(req.sampling);
+  StopMatcher stops(req.stop);
+  std::optional<IncrementalDecoder> decoder;
+  if (tokenizer_) decoder.emplace(*tokenizer_);
+  const int64_t V = model_.config().vocab_size;
+  std::vector<float> logits(static_cast<size_t>(V));
+  std::vector<int32_t> context = req.prompt;
+
+  auto emit = [&](std::string_view piece) {
+    if (piece.empty()) return;
+    result.text += piece;
+    if (on_text) on_text(piece);
+  };
+
+  // Prefill in chunks; only the last chunk's last row needs logits.
+  const auto t0 = Clock::now();
+  const auto prompt = std::span<const int32_t>(req.prompt);
+  for (int64_t begin = 0; begin < result.prompt_tokens; begin += prefill_chunk_) {
+    const int64_t n = std::min(prefill_chunk_, result.prompt_tokens - begin);
+    const bool last = begin + n == result.prompt_tokens;
+    const int32_t row = static_cast<int32_t>(n - 1);
+    step(seq.table, prompt.subspan(static_cast<size_t>(begin), static_cast<size_t>(n)),
+         last ? std::span<const int32_t>(&row, 1) : std::span<const int32_t>(), logits.data());
+  }
+  result.prefill_seconds = seconds_since(t0);
+
+  const auto t1 = Clock::now();
+  bool stopped = false;
+  for (int64_t i = 0; i < req.max_tokens && !stopped; ++i) {
+    const int32_t token = sampler.sample(logits, context, result.tokens);
+    result.tokens.push_back(token);
+    context.push_back(token);
+    const bool is_eos = std::find(req.eos_token_ids.begin(), req.eos_token_ids.end(), token) != req.eos_token_ids.end();
+    if (is_eos && !req.ignore_eos) {
+      result.finish_reason = FinishReason::Eos;
+      break;
+    }
+    if (decoder) {
+      auto r = stops.push(decoder->push(token));
+      emit(r.text);
+      if (r.stopped) {
+        result.finish_reason = FinishReason::Stop;
+        stopped = true;
+        break;
+      }
+    }
+    if (i + 1 == req.max_tokens) break;  // the last token needs no forward pass
+    const int32_t row = 0;
+    step(seq.table, std::span<const int32_t>(&token, 1), std::span<const int32_t>(&row, 1), logits.data());
+    ++result.decode_steps;
+  }
+  if (decoder && !stopped) {
+    auto r = stops.push(decoder->flush());
+    emit(r.text);
+    if (r.stopped) result.finish_reason = FinishReason::Stop;
+    emit(stops.flush());
+  }
+  result.decode_seconds = seconds_since(t1);
+  return result;
+}
+
+std::vector<float> Generator::score(const std::vector<int32_t>& tokens, int64_t prefill_len, int64_t chunk) {
+  const auto n = static_cast<int64_t>(tokens.size());
+  LSERVE_CHECK(prefill_len >= 1 && prefill_len <= n && chunk >= 1);
+  const int64_t V = model_.config().vocab_size;
+  std::vector<float> out(static_cast<size_t>((n - prefill_len + 1) * V));
+  PageTableGuard seq{cache_, {}};
+  const auto all = std::span<const int32_t>(tokens);
+  for (int64_t begin = 0; begin < prefill_len; begin += chunk) {
+    const int64_t len = std::min(chunk, prefill_len - begin);
+    const int32_t row = static_cast<int32_t>(len - 1);
+    const bool last = begin + len == prefill_len;
+    step(seq.table, all.subspan(static_cast<size_t>(begin), static_cast<size_t>(len)),
+         last ? std::span<const int32_t>(&row, 1) : std::span<const int32_t>(), out.data());
+  }
+  for (int64_t i = prefill_len; i < n; ++i) {
+    const int32_t row = 0;
+    step(seq.table, all.subspan(static_cast<size_t>(i), 1), std::span<const int32_t>(&row, 1),
+         out.data() + (i - prefill_len + 1) * V);
+  }
+  return out;
+}
+
+std::vector<float> Generator::prefill_logits(const std::vector<int32_t>& tokens) {
+  const int64_t V = model_.config().vocab_size;
+  std::vector<float> out(tokens.size() * static_cast<size_t>(V));
+  std::vector<int32_t> rows(tokens.size());
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<int32_t>(i);
+  PageTableGuard seq{cache_, {}};
+  step(seq.table, tokens, rows, out.data());
+  return out;
+}
+
+}  // namespace lserve

@@ -1,0 +1,71 @@
+// Generator: runs one request to completion on one sequence: chunked prefill of the prompt,
+// then token-by-token decode with sampling, stop strings and EOS, streaming text out as it
+// becomes complete UTF-8. The serving engine (continuous batching) supersedes it for many
+// requests; `lserve generate` and the benchmarks use it directly.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/sampler.h"
+#include "kv/kv_cache.h"
+#include "model/llama_model.h"
+
+namespace lserve {
+
+class Tokenizer;
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  int64_t max_tokens = 128;
+  SamplingParams sampling;
+  std::vector<std::string> stop;
+  std::vector<int32_t> eos_token_ids;
+  bool ignore_eos = false;
+};
+
+enum class FinishReason { Length, Stop, Eos };
+std::string_view finish_reason_name(FinishReason r);
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;  // generated ids (without the prompt)
+  std::string text;
+  FinishReason finish_reason = FinishReason::Length;
+  int64_t prompt_tokens = 0;
+  double prefill_seconds = 0;
+  double decode_seconds = 0;  // from the first sampled token to the last
+  int64_t decode_steps = 0;   // forward passes after prefill
+};
+
+class Generator {
+ public:
+  // prefill_chunk: prompt tokens per forward pass (bounds activation memory on long prompts).
+  Generator(LlamaModel& model, KvCache& cache, const Tokenizer* tokenizer, int64_t prefill_chunk = 2048);
+
+  // on_text receives each piece of text as it becomes final (may be null). Releases the
+  // sequence's pages before returning, also on error.
+  GenerationResult run(const GenerationRequest& request, const std::function<void(std::string_view)>& on_text);
+
+  // Teacher-forced logits, for tests and evaluation: prefill `prefill_len` tokens of `tokens`
+  // in chunks of `chunk`, then feed the rest one at a time. Returns the logits after each
+  // token from index prefill_len - 1 on ([tokens.size() - prefill_len + 1, vocab]).
+  std::vector<float> score(const std::vector<int32_t>& tokens, int64_t prefill_len, int64_t chunk);
+  // Logits of every prompt position from one prefill pass ([tokens.size(), vocab]).
+  std::vector<float> prefill_logits(const std::vector<int32_t>& tokens);
+
+ private:
+  // Appends `tokens` at positions table.num_tokens.. and computes them in one forward pass;
+  // writes logits of the rows in `logit_rows` (relative to the chunk) to `logits`.
+  void step(PageTable& table, std::span<const int32_t> tokens, std::span<const int32_t> logit_rows,
+            float* logits);
+
+  LlamaModel& model_;
+  KvCache& cache_;
+  const Tokenizer* tokenizer_;
+  int64_t prefill_chunk_;
+};
+
+}  // namespace lserve

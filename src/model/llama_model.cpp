@@ -1,0 +1,159 @@
+#include "model/llama_model.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace lserve {
+
+// Activation buffers, grown to the largest step seen.
+struct LlamaModel::Scratch {
+  int64_t capacity = 0, logit_capacity = 0;
+  std::shared_ptr<DeviceMemory> memory, logit_memory;
+  Tensor ids, positions, hidden, normed, q, k, v, attn, gate, up, rows, logits;
+};
+
+LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights, Backend& backend, int64_t max_context)
+    : config_(std::move(config)), weights_(std::move(weights)), backend_(backend), max_context_(max_context) {
+  if (max_context_ <= 0 || max_context_ > config_.max_position_embeddings)
+    fail("max context {} must be between 1 and the model's max_position_embeddings ({})", max_context_,
+         config_.max_position_embeddings);
+  // RoPE table: angles in f32 like HF (position * inv_freq), so long positions round alike.
+  const RopeTable rope = compute_rope(config_);
+  const int64_t D = config_.head_dim, half = D / 2;
+  std::vector<float> table(static_cast<size_t>(max_context_ * D));
+  for (int64_t p = 0; p < max_context_; ++p) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(p) * rope.inv_freq[static_cast<size_t>(i)];
+      table[static_cast<size_t>(p * D + i)] = static_cast<float>(std::cos(static_cast<double>(angle))) * rope.attention_scale;
+      table[static_cast<size_t>(p * D + half + i)] = static_cast<float>(std::sin(static_cast<double>(angle))) * rope.attention_scale;
+    }
+  }
+  rope_memory_ = backend_.allocate(table.size() * sizeof(float));
+  rope_table_ = rope_memory_->view(DType::F32, Shape{max_context_, D}, backend_.device());
+  backend_.upload(rope_table_, table.data());
+  scratch_ = std::make_unique<Scratch>();
+}
+
+LlamaModel::~LlamaModel() = default;
+
+void LlamaModel::ensure_scratch(int64_t T, int64_t R) {
+  Scratch& s = *scratch_;
+  const DType dt = backend_.compute_dtype();
+  const Device dev = backend_.device();
+  const int64_t H = config_.hidden_size, Q = config_.q_dim(), KV = config_.kv_dim(), F = config_.intermediate_size;
+  if (T > s.capacity) {
+    const int64_t cap = std::max<int64_t>(T, 16);
+    const size_t es = dtype_size(dt);
+    const size_t per_token = static_cast<size_t>(2 * 4 + 3 * H + 2 * Q + 2 * KV + 2 * F) * es;  // ids+pos as 4-byte
+    char* p = nullptr;
+    auto take = [&](DType d, Shape shape) {
+      Tensor t{p, d, shape, dev};
+      p += (t.nbytes() + 63) / 64 * 64;  // keep every buffer 64-byte aligned
+      return t;
+    };
+    s.memory = backend_.allocate(per_token * static_cast<size_t>(cap) + 64 * 16);
+    p = static_cast<char*>(s.memory->data());
+    s.ids = take(DType::I32, Shape{cap});
+    s.positions = take(DType::I32, Shape{cap});
+    s.hidden = take(dt, Shape{cap, H});
+    s.normed = take(dt, Shape{cap, H});
+    s.q = take(dt, Shape{cap, Q});
+    s.k = take(dt, Shape{cap, KV});
+    s.v = take(dt, Shape{cap, KV});
+    s.attn = take(dt, Shape{cap, Q});
+    s.gate = take(dt, Shape{cap, F});
+    s.up = take(dt, Shape{cap, F});
+    s.rows = take(dt, Shape{cap, H});
+    s.capacity = cap;
+  }
+  if (R > s.logit_capacity) {
+    s.logit_memory = backend_.allocate(static_cast<size_t>(R * config_.vocab_size) * dtype_size(dt));
+    s.logits = s.logit_memory->view(dt, Shape{R, config_.vocab_size}, dev);
+    s.logit_capacity = R;
+  }
+}
+
+void LlamaModel::forward(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
+                         std::span<const int32_t> logit_rows, float* logits) {
+  const int64_t T = static_cast<int64_t>(token_ids.size());
+  const int64_t R = static_cast<int64_t>(logit_rows.size());
+  LSERVE_CHECK(T == batch.num_tokens() && static_cast<int64_t>(batch.positions.size()) == T,
+               "batch describes {} tokens, {} given", batch.num_tokens(), T);
+  for (int32_t p : batch.positions)
+    if (p < 0 || p >= max_context_) fail("position {} is beyond the max context {}", p, max_context_);
+  if (T == 0) return;
+  ensure_scratch(T, R);
+  Scratch& s = *scratch_;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  const int64_t H = config_.hidden_size;
+
+  Tensor ids = s.ids.rows(0, T), positions = s.positions.rows(0, T);
+  backend_.upload(ids, token_ids.data());
+  backend_.upload(positions, batch.positions.data());
+  Tensor hidden = s.hidden.rows(0, T), normed = s.normed.rows(0, T);
+  backend_.embedding(ids, weights_.embed_tokens, hidden);
+  backend_.rms_norm(hidden, weights_.layers[0].input_norm, eps, normed);
+
+  for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
+    attention_block(layer, T, batch, cache);
+    // hidden += attn @ o_proj^T, then normed = post-attention norm of hidden.
+    Tensor o = s.rows.rows(0, T);  // reuse: [T, H]
+    backend_.linear(s.attn.rows(0, T), weights_.layers[layer].o_proj, Tensor{}, o);
+    backend_.add_rms_norm(hidden, o, weights_.layers[layer].post_attention_norm, eps, normed);
+    mlp_block(layer, T);
+    const Tensor& next_norm =
+        layer + 1 < config_.num_layers ? weights_.layers[layer + 1].input_norm : weights_.final_norm;
+    backend_.add_rms_norm(hidden, s.rows.rows(0, T), next_norm, eps, normed);
+  }
+
+  if (R == 0) return;
+  // Only the requested rows go through lm_head (a prefill chunk needs just its last row).
+  Tensor picked = s.rows.rows(0, R);
+  std::vector<char> row_bytes(static_cast<size_t>(H) * dtype_size(normed.dtype));
+  for (int64_t r = 0; r < R; ++r) {
+    const int32_t row = logit_rows[static_cast<size_t>(r)];
+    LSERVE_CHECK(row >= 0 && row < T, "logit row {} outside the batch of {}", row, T);
+    backend_.download(normed.rows(row, 1), row_bytes.data());
+    backend_.upload(picked.rows(r, 1), row_bytes.data());
+  }
+  Tensor out = s.logits.rows(0, R);
+  backend_.linear(picked, weights_.lm_head, Tensor{}, out);
+  if (out.dtype == DType::F32) {
+    backend_.download(out, logits);
+  } else {
+    std::vector<uint16_t> tmp(static_cast<size_t>(out.numel()));
+    backend_.download(out, tmp.data());
+    convert_to_f32(tmp.data(), out.dtype, logits, tmp.size());
+  }
+}
+
+void LlamaModel::attention_block(int64_t layer, int64_t T, const AttentionBatch& batch, KvCache& cache) {
+  Scratch& s = *scratch_;
+  const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  Tensor x = s.normed.rows(0, T), q = s.q.rows(0, T), k = s.k.rows(0, T), v = s.v.rows(0, T);
+  backend_.linear(x, w.q_proj, w.q_bias, q);
+  backend_.linear(x, w.k_proj, w.k_bias, k);
+  backend_.linear(x, w.v_proj, w.v_bias, v);
+  if (config_.qk_norm) {
+    backend_.head_rms_norm(q, config_.head_dim, w.q_norm, eps);
+    backend_.head_rms_norm(k, config_.head_dim, w.k_norm, eps);
+  }
+  backend_.rope(q, k, s.positions.rows(0, T), rope_table_, config_.head_dim);
+  backend_.kv_append(cache, layer, k, v, batch);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(config_.head_dim));
+  backend_.attention(cache, layer, q, batch, scale, s.attn.rows(0, T));
+}
+
+void LlamaModel::mlp_block(int64_t layer, int64_t T) {
+  Scratch& s = *scratch_;
+  const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
+  Tensor x = s.normed.rows(0, T), gate = s.gate.rows(0, T), up = s.up.rows(0, T);
+  backend_.linear(x, w.gate_proj, Tensor{}, gate);
+  backend_.linear(x, w.up_proj, Tensor{}, up);
+  backend_.silu_mul(gate, up, gate);
+  backend_.linear(gate, w.down_proj, Tensor{}, s.rows.rows(0, T));
+}
+
+}  // namespace lserve

@@ -1,0 +1,58 @@
+// LlamaModel: the forward pass shared by Llama 2/3, Mistral, Qwen2 and Qwen3, expressed in
+// backend ops. One call runs one engine step: any mix of prefill chunks and decode tokens of
+// several sequences (described by an AttentionBatch), appending their KV to the cache.
+//
+//   per layer:  x = rms_norm(h) -> q,k,v = linear(x) [+bias] [-> q/k head norm] -> rope
+//               -> kv_append -> attention -> h += o_proj(attn)
+//               x = rms_norm(h) -> h += down(silu(gate(x)) * up(x))
+//   then:       logits of the requested rows = lm_head(rms_norm(h))
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <span>
+
+#include "backend/attention_batch.h"
+#include "backend/backend.h"
+#include "kv/kv_cache.h"
+#include "model/model_config.h"
+#include "model/weights.h"
+
+namespace lserve {
+
+class LlamaModel {
+ public:
+  // max_context: the longest sequence (positions) this instance will serve; at most the
+  // model's max_position_embeddings.
+  LlamaModel(ModelConfig config, ModelWeights weights, Backend& backend, int64_t max_context);
+  ~LlamaModel();
+  LlamaModel(const LlamaModel&) = delete;
+  LlamaModel& operator=(const LlamaModel&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  int64_t max_context() const { return max_context_; }
+  Backend& backend() const { return backend_; }
+
+  // Runs the batch's tokens (token_ids: [T] on the host) through the model, writing their KV
+  // into `cache` at the batch's slots, and the logits of batch rows `logit_rows` into
+  // `logits` ([logit_rows.size(), vocab] f32, host).
+  void forward(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
+               std::span<const int32_t> logit_rows, float* logits);
+
+ private:
+  struct Scratch;
+  void ensure_scratch(int64_t num_tokens, int64_t num_logit_rows);
+  void attention_block(int64_t layer, int64_t T, const AttentionBatch& batch, KvCache& cache);
+  void mlp_block(int64_t layer, int64_t T);
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  Backend& backend_;
+  int64_t max_context_;
+  Tensor rope_table_;  // [max_context, head_dim]: cos | sin, with the attention scale folded in
+  std::shared_ptr<DeviceMemory> rope_memory_;
+  std::unique_ptr<Scratch> scratch_;
+};
+
+}  // namespace lserve
