@@ -30,6 +30,19 @@ class DeviceMemory {
   }
 };
 
+// Host memory as a DeviceMemory (the CPU backend's allocations, and host buffers that a
+// weight view points into).
+class HostMemory final : public DeviceMemory {
+ public:
+  explicit HostMemory(size_t bytes) : buffer_(bytes) {}
+  explicit HostMemory(HostBuffer&& buffer) : buffer_(std::move(buffer)) {}
+  void* data() const override { return buffer_.data(); }
+  size_t size() const override { return buffer_.size(); }
+
+ private:
+  HostBuffer buffer_;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -48,7 +61,15 @@ class Backend {
   // source must outlive the returned tensor; `keep` receives any memory allocated for it.
   virtual Tensor prepare_weight(const Tensor& host_weight, std::shared_ptr<DeviceMemory>* keep) = 0;
 
+  // ---- per step ----
+  // Called once per forward pass before any layer runs: a backend copies the batch's page
+  // tables and slot mapping to its device here (the "plan"), so the per-layer ops below only
+  // read them. The batch must stay alive and unchanged until the step's last op.
+  virtual void begin_step(const AttentionBatch& batch) { (void)batch; }
+
   // ---- ops ----
+  // dst[i, :] = src[rows[i], :].  src: [T, H], dst: [rows.size(), H]; rows on the host.
+  virtual void gather_rows(const Tensor& src, std::span<const int32_t> rows, Tensor dst) = 0;
   // out[t, :] = table[ids[t], :].  ids: [T] i32 (host or device), table: [V, H], out: [T, H].
   virtual void embedding(const Tensor& ids, const Tensor& table, Tensor out) = 0;
   // out = x / rms(x) * weight, per row.  x, out: [T, H]; weight: [H]. out may alias x.

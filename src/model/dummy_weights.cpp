@@ -52,11 +52,14 @@ ModelWeights make_dummy_weights(const ModelConfig& config, Backend& backend, uin
     fill(t, name.find("norm") != std::string::npos, seed + ++index);
     std::shared_ptr<DeviceMemory> keep;
     *out = backend.prepare_weight(t, &keep);
-    // A weight prepared without a copy would point into `host`, which dies here; every backend
-    // converts bf16 to its own layout, and we insist on it.
-    LSERVE_CHECK(keep != nullptr, "backend kept a view of a temporary dummy weight");
-    w.resident_bytes += keep->size();
-    w.memory.push_back(std::move(keep));
+    if (keep) {
+      w.resident_bytes += keep->size();
+      w.memory.push_back(std::move(keep));
+    } else {  // used in place: keep the host buffer alive as the weight's storage
+      auto owned = std::make_shared<HostMemory>(std::move(host));
+      w.resident_bytes += owned->size();
+      w.memory.push_back(std::move(owned));
+    }
     w.file_bytes += t.nbytes();
   });
   if (config.tie_word_embeddings) w.lm_head = w.embed_tokens;

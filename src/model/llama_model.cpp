@@ -88,6 +88,7 @@ void LlamaModel::forward(std::span<const int32_t> token_ids, const AttentionBatc
   const float eps = static_cast<float>(config_.rms_norm_eps);
   const int64_t H = config_.hidden_size;
 
+  backend_.begin_step(batch);
   Tensor ids = s.ids.rows(0, T), positions = s.positions.rows(0, T);
   backend_.upload(ids, token_ids.data());
   backend_.upload(positions, batch.positions.data());
@@ -110,13 +111,7 @@ void LlamaModel::forward(std::span<const int32_t> token_ids, const AttentionBatc
   if (R == 0) return;
   // Only the requested rows go through lm_head (a prefill chunk needs just its last row).
   Tensor picked = s.rows.rows(0, R);
-  std::vector<char> row_bytes(static_cast<size_t>(H) * dtype_size(normed.dtype));
-  for (int64_t r = 0; r < R; ++r) {
-    const int32_t row = logit_rows[static_cast<size_t>(r)];
-    LSERVE_CHECK(row >= 0 && row < T, "logit row {} outside the batch of {}", row, T);
-    backend_.download(normed.rows(row, 1), row_bytes.data());
-    backend_.upload(picked.rows(r, 1), row_bytes.data());
-  }
+  backend_.gather_rows(normed, logit_rows, picked);
   Tensor out = s.logits.rows(0, R);
   backend_.linear(picked, weights_.lm_head, Tensor{}, out);
   if (out.dtype == DType::F32) {

@@ -1,5 +1,6 @@
 // The CPU backend: f32 activations and KV, OpenMP across rows/heads, OpenBLAS for the matrix
-// products. bf16/f16 weights are converted to f32 once at load (see prepare_weight for why).
+// products. Weight matrices stay bf16 when stored so (cpu_linear.h says why); everything else
+// is f32.
 #include <cblas.h>
 #include <omp.h>
 
@@ -9,25 +10,12 @@
 #include "backend/attention_batch.h"
 #include "backend/backend.h"
 #include "backend/cpu/cpu_attention.h"
+#include "backend/cpu/cpu_linear.h"
 #include "kv/kv_cache.h"
 
 namespace lserve {
 
 namespace {
-
-class HostMemory final : public DeviceMemory {
- public:
-  explicit HostMemory(size_t bytes) : buffer_(bytes) {}
-  void* data() const override { return buffer_.data(); }
-  size_t size() const override { return buffer_.size(); }
-
- private:
-  HostBuffer buffer_;
-};
-
-void expect_f32(const Tensor& t, const char* what) {
-  LSERVE_CHECK(t.dtype == DType::F32 && t.device == Device::Cpu, "{} must be an f32 host tensor", what);
-}
 
 class CpuBackend final : public Backend {
  public:
@@ -45,11 +33,13 @@ class CpuBackend final : public Backend {
   void upload(Tensor dst, const void* src) override { std::memcpy(dst.data, src, dst.nbytes()); }
   void download(const Tensor& src, void* dst) override { std::memcpy(dst, src.data, src.nbytes()); }
 
-  // f32 weights are used in place from the mapped file. bf16/f16 are converted once: sgemm is
-  // several times faster than converting on the fly inside a hand-written GEMM on this
-  // hardware, and the doubled memory is irrelevant at the model sizes the CPU path serves.
+  // f32 weights, and bf16 weight matrices, are used in place from the mapped file (bf16 is
+  // widened inside the matrix kernels: cpu_linear.h has the measurements). f16 matrices and all
+  // vectors (norms, biases) are converted to f32 once: f16 widening has no cheap bit trick, and
+  // vectors are tiny.
   Tensor prepare_weight(const Tensor& host, std::shared_ptr<DeviceMemory>* keep) override {
     if (host.dtype == DType::F32) return host;
+    if (host.dtype == DType::BF16 && host.shape.ndim == 2) return host;
     auto mem = allocate(static_cast<size_t>(host.numel()) * sizeof(float));
     Tensor out = mem->view(DType::F32, host.shape, Device::Cpu);
     const int64_t n = host.numel();
@@ -65,14 +55,23 @@ class CpuBackend final : public Backend {
     return out;
   }
 
+  void gather_rows(const Tensor& src, std::span<const int32_t> rows, Tensor dst) override {
+    const size_t row_bytes = src.nbytes() / static_cast<size_t>(src.dim(0));
+    for (size_t i = 0; i < rows.size(); ++i) {
+      LSERVE_CHECK(rows[i] >= 0 && rows[i] < src.dim(0), "row {} outside [0, {})", rows[i], src.dim(0));
+      std::memcpy(static_cast<char*>(dst.data) + i * row_bytes, static_cast<const char*>(src.data) + static_cast<size_t>(rows[i]) * row_bytes, row_bytes);
+    }
+  }
+
   void embedding(const Tensor& ids, const Tensor& table, Tensor out) override {
-    expect_f32(table, "embedding table");
     const int64_t T = ids.numel(), H = table.dim(1), V = table.dim(0);
     const int32_t* id = ids.as<int32_t>();
-    for (int64_t t = 0; t < T; ++t) {
+    for (int64_t t = 0; t < T; ++t)
       if (id[t] < 0 || id[t] >= V) fail("token id {} is outside the vocabulary of {}", id[t], V);
-      std::memcpy(out.as<float>() + t * H, table.as<float>() + id[t] * H, static_cast<size_t>(H) * sizeof(float));
-    }
+    const size_t row_bytes = static_cast<size_t>(H) * dtype_size(table.dtype);
+    for (int64_t t = 0; t < T; ++t)
+      convert_to_f32(static_cast<const char*>(table.data) + static_cast<size_t>(id[t]) * row_bytes, table.dtype,
+                     out.as<float>() + t * H, static_cast<size_t>(H));
   }
 
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor out) override {
@@ -96,26 +95,15 @@ class CpuBackend final : public Backend {
   }
 
   void linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) override {
-    expect_f32(weight, "linear weight");
-    const int64_t T = x.dim(0), K = x.dim(1), N = weight.dim(0);
-    LSERVE_CHECK(weight.dim(1) == K && out.dim(0) == T && out.dim(1) == N, "linear shapes {} x {}^T -> {}",
-                 x.shape.str(), weight.shape.str(), out.shape.str());
-    if (T == 1) {
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(N), static_cast<int>(K), 1.0f, weight.as<float>(),
-                  static_cast<int>(K), x.as<float>(), 1, 0.0f, out.as<float>(), 1);
-    } else {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(N),
-                  static_cast<int>(K), 1.0f, x.as<float>(), static_cast<int>(K), weight.as<float>(),
-                  static_cast<int>(K), 0.0f, out.as<float>(), static_cast<int>(N));
-    }
-    if (!bias.empty()) {
-      const float* b = bias.as<float>();
+    cpu_linear(x, weight, out);
+    if (bias.empty()) return;
+    const int64_t T = out.dim(0), N = out.dim(1);
+    const float* b = bias.as<float>();
 #pragma omp parallel for schedule(static) if (T > 16)
-      for (int64_t t = 0; t < T; ++t) {
-        float* o = out.as<float>() + t * N;
+    for (int64_t t = 0; t < T; ++t) {
+      float* o = out.as<float>() + t * N;
 #pragma omp simd
-        for (int64_t n = 0; n < N; ++n) o[n] += b[n];
-      }
+      for (int64_t n = 0; n < N; ++n) o[n] += b[n];
     }
   }
 
