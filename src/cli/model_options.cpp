@@ -5,6 +5,9 @@
 
 #include "core/error.h"
 #include "model/weights.h"
+#ifdef LSERVE_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 namespace lserve::cli {
 
@@ -22,6 +25,8 @@ void add_model_options(CLI::App* cmd, ModelOptions& o) {
   cmd->add_option("--model,-m", o.model, "HF model folder (default: the bundled " + std::string(kDefaultModel) + ")");
   cmd->add_option("--load-format", o.load_format, "auto: safetensors from the folder; dummy: random weights of its config.json")
       ->check(CLI::IsMember({"auto", "dummy"}));
+  cmd->add_option("--device", o.device, "where the model runs: cpu, or cuda (GPU 0; needs a build with LSERVE_CUDA=ON)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--threads,-t", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-context", o.max_context, "longest sequence served (default: the model's max_position_embeddings)")
       ->check(CLI::NonNegativeNumber);
@@ -69,7 +74,15 @@ LoadedModel load_model(const ModelOptions& o) {
     max_context = *config.sliding_window;
   }
 
-  m.backend = make_cpu_backend(o.threads);
+  if (o.device == "cuda") {
+#ifdef LSERVE_HAVE_CUDA
+    m.backend = make_cuda_backend(0);
+#else
+    fail("--device cuda: this lserve was built without the CUDA backend (configure with -DLSERVE_CUDA=ON)");
+#endif
+  } else {
+    m.backend = make_cpu_backend(o.threads);
+  }
   spdlog::info("backend: {}", m.backend->name());
   ModelWeights weights = o.load_format == "dummy" ? make_dummy_weights(config, *m.backend, o.dummy_seed)
                                                   : load_weights(config, m.dir, *m.backend);

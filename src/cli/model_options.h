@@ -1,4 +1,4 @@
-// The flags every model-running subcommand shares (--model, --load-format, --threads,
+// The flags every model-running subcommand shares (--model, --load-format, --device, --threads,
 // --max-context, KV cache size) and the loading they drive.
 #pragma once
 
@@ -20,6 +20,7 @@ namespace lserve::cli {
 struct ModelOptions {
   std::string model;                 // HF folder; empty: the bundled default model
   std::string load_format = "auto";  // auto | dummy
+  std::string device = "cpu";        // cpu | cuda
   int threads = 0;                   // 0: all cores
   int64_t max_context = 0;           // 0: the model's max_position_embeddings
   double kv_cache_gib = 0;           // 0: just what the command needs

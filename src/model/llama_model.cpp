@@ -68,8 +68,9 @@ void LlamaModel::ensure_scratch(int64_t T, int64_t R) {
     s.capacity = cap;
   }
   if (R > s.logit_capacity) {
-    s.logit_memory = backend_.allocate(static_cast<size_t>(R * config_.vocab_size) * dtype_size(dt));
-    s.logits = s.logit_memory->view(dt, Shape{R, config_.vocab_size}, dev);
+    // Logits in f32 on every backend: bf16 would round away the margins greedy decoding compares.
+    s.logit_memory = backend_.allocate(static_cast<size_t>(R * config_.vocab_size) * sizeof(float));
+    s.logits = s.logit_memory->view(DType::F32, Shape{R, config_.vocab_size}, dev);
     s.logit_capacity = R;
   }
 }
@@ -86,7 +87,6 @@ void LlamaModel::forward(std::span<const int32_t> token_ids, const AttentionBatc
   ensure_scratch(T, R);
   Scratch& s = *scratch_;
   const float eps = static_cast<float>(config_.rms_norm_eps);
-  const int64_t H = config_.hidden_size;
 
   backend_.begin_step(batch);
   Tensor ids = s.ids.rows(0, T), positions = s.positions.rows(0, T);

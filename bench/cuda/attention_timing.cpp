@@ -1,0 +1,172 @@
+// Times the GPU paged attention at long contexts against the two ceilings that bound it:
+//   - the device's copy bandwidth (a large device-to-device copy, bytes read + written), for
+//     decode, which must read every cached K and V byte once;
+//   - tensor-core throughput, for prefill: 4 * head_dim * heads * (causal pairs) flops.
+// Shapes are Llama-3-8B's attention (32 query heads, 8 KV heads, head_dim 128), one layer.
+// Prints one line per case; numbers are medians of timed repeats after a warm-up.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "backend/attention_batch.h"
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_check.h"
+#include "kv/kv_cache.h"
+#include "model/model_config.h"
+
+namespace lserve {
+namespace {
+
+constexpr int64_t kHeads = 32, kKvHeads = 8, kHeadDim = 128;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// GB/s of a 1 GiB device-to-device copy, counting bytes read and written.
+double copy_bandwidth() {
+  const size_t bytes = size_t{1} << 30;
+  void *a = nullptr, *b = nullptr;
+  LSERVE_CUDA_CHECK(cudaMalloc(&a, bytes));
+  LSERVE_CUDA_CHECK(cudaMalloc(&b, bytes));
+  LSERVE_CUDA_CHECK(cudaMemset(a, 0x3c, bytes));
+  cudaEvent_t e0, e1;
+  LSERVE_CUDA_CHECK(cudaEventCreate(&e0));
+  LSERVE_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<double> ms;
+  for (int i = 0; i < 12; ++i) {
+    LSERVE_CUDA_CHECK(cudaEventRecord(e0));
+    LSERVE_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+    LSERVE_CUDA_CHECK(cudaEventRecord(e1));
+    LSERVE_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    LSERVE_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    if (i >= 2) ms.push_back(t);
+  }
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * static_cast<double>(bytes) / (median(ms) * 1e-3) / 1e9;
+}
+
+struct Case {
+  const char* name;
+  std::vector<std::pair<int32_t, int32_t>> seqs;  // (context before, new tokens)
+};
+
+struct Timing {
+  double ms, kv_bytes, flops;
+};
+
+Timing time_case(Backend& gpu, const Case& c, int32_t page_size) {
+  ModelConfig config;
+  config.num_layers = 1;
+  config.num_heads = kHeads;
+  config.num_kv_heads = kKvHeads;
+  config.head_dim = kHeadDim;
+  AttentionBatch batch;
+  batch.query_start = {0};
+  batch.page_indptr = {0};
+  int32_t next_page = 0;
+  double kv_bytes = 0, flops = 0;
+  for (auto [ctx, n] : c.seqs) {
+    const int32_t len = ctx + n, pages = (len + page_size - 1) / page_size;
+    for (int32_t p = 0; p < pages; ++p) batch.page_indices.push_back(next_page + p);
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t pos = ctx + i;
+      batch.positions.push_back(pos);
+      batch.slot_mapping.push_back(int64_t{next_page + pos / page_size} * page_size + pos % page_size);
+      flops += 4.0 * kHeadDim * kHeads * (pos + 1);
+    }
+    next_page += pages;
+    batch.page_indptr.push_back(static_cast<int32_t>(batch.page_indices.size()));
+    batch.seq_lens.push_back(len);
+    batch.query_start.push_back(batch.query_start.back() + n);
+    kv_bytes += 2.0 * len * kKvHeads * kHeadDim * 2;
+  }
+  KvCacheOptions o;
+  o.page_size = page_size;
+  o.memory_bytes = KvCache::bytes_per_page(config, page_size, DType::BF16) * static_cast<size_t>(next_page);
+  KvCache cache(config, o, gpu);
+
+  // Random bf16 (not zeros: zeros can run faster than real data), repeated over the pools.
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  std::vector<uint16_t> block(size_t{16} << 20);
+  for (auto& x : block) x = f32_to_bf16(normal(rng));
+  for (const Tensor& pool : {cache.k_pages(0), cache.v_pages(0)}) {
+    const size_t total = pool.nbytes();
+    for (size_t off = 0; off < total; off += block.size() * 2)
+      LSERVE_CUDA_CHECK(cudaMemcpy(static_cast<char*>(pool.data) + off, block.data(),
+                                   std::min(block.size() * 2, total - off), cudaMemcpyHostToDevice));
+  }
+  const int64_t T = batch.num_tokens();
+  auto qmem = gpu.allocate(static_cast<size_t>(T * kHeads * kHeadDim) * 2);
+  auto omem = gpu.allocate(qmem->size());
+  const Tensor q = qmem->view(DType::BF16, Shape{T, kHeads * kHeadDim}, Device::Cuda);
+  const Tensor out = omem->view(DType::BF16, Shape{T, kHeads * kHeadDim}, Device::Cuda);
+  for (size_t off = 0; off < qmem->size(); off += block.size() * 2)
+    LSERVE_CUDA_CHECK(cudaMemcpy(static_cast<char*>(q.data) + off, block.data(),
+                                 std::min(block.size() * 2, qmem->size() - off), cudaMemcpyHostToDevice));
+
+  const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  gpu.begin_step(batch);
+  gpu.attention(cache, 0, q, batch, scale, out);  // warm-up: module load, plan upload
+  gpu.synchronize();
+  // Repeat until ~0.3 s of work, at least 3 times; each repeat is timed on its own.
+  std::vector<double> ms;
+  double spent = 0;
+  while (ms.size() < 3 || (spent < 300 && ms.size() < 50)) {
+    const auto t0 = std::chrono::steady_clock::now();
+    gpu.attention(cache, 0, q, batch, scale, out);
+    gpu.synchronize();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    spent += ms.back();
+  }
+  return {median(ms), kv_bytes, flops};
+}
+
+int run() {
+  if (cuda_device_count() == 0) {
+    std::fprintf(stderr, "no CUDA GPU visible\n");
+    return 1;
+  }
+  auto gpu = make_cuda_backend(0);
+  std::printf("%s\n", gpu->name().c_str());
+  const double bw = copy_bandwidth();
+  std::printf("copy bandwidth (device to device, read + write): %.0f GB/s\n\n", bw);
+  const std::vector<Case> cases = {
+      {"prefill 32K (one pass, causal)", {{0, 32768}}},
+      {"prefill 2K chunk after 30K", {{30720, 2048}}},
+      {"decode 128K x1", {{131071, 1}}},
+      {"decode 128K x8", std::vector<std::pair<int32_t, int32_t>>(8, {131071, 1})},
+      {"decode 8K x64", std::vector<std::pair<int32_t, int32_t>>(64, {8191, 1})},
+  };
+  std::printf("%-34s %5s %10s %12s %12s %10s\n", "case (32/8 heads, d 128)", "page", "ms", "KV GB/s", "% of copy",
+              "TFLOP/s");
+  for (const auto& c : cases) {
+    for (int32_t page : {16, 64}) {
+      const Timing t = time_case(*gpu, c, page);
+      const double gbs = t.kv_bytes / (t.ms * 1e-3) / 1e9;
+      std::printf("%-34s %5d %10.3f %12.0f %11.1f%% %10.1f\n", c.name, page, t.ms, gbs, 100.0 * gbs / bw,
+                  t.flops / (t.ms * 1e-3) / 1e12);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace lserve
+
+int main() {
+  try {
+    return lserve::run();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}

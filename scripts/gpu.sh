@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The one script a GPU machine runs: builds lserve with the CUDA backend, runs the CUDA tests
+# (op-by-op against the CPU backend, attention, KV layout, whole-model logits against HF), a
+# short generation through the CLI on the GPU, and on request compute-sanitizer and the
+# attention timing. Ends with a summary.
+#
+#   scripts/gpu.sh [--sanitize] [--bench] [--all]
+#
+# Build dependencies missing on the GPU image (the pcre2, utf8proc and xxhash dev files) may come
+# along as Debian packages in .carry/debs; they are unpacked into a private prefix, never into /.
+# Logs go to $OUT when it is set (else build-gpu/logs).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+sanitize=0 bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --sanitize) sanitize=1 ;;
+    --bench) bench=1 ;;
+    --all) sanitize=1 bench=1 ;;
+    *) echo "usage: $0 [--sanitize] [--bench] [--all]" >&2; exit 2 ;;
+  esac
+done
+
+build=build-gpu
+logs=${OUT:-$build/logs}
+mkdir -p "$logs"
+summary=()
+status=0
+note() { summary+=("$1"); }
+
+if compgen -G ".carry/debs/*.deb" >/dev/null; then
+  prefix=/tmp/lserve-deps
+  rm -rf "$prefix" && mkdir -p "$prefix"
+  for deb in .carry/debs/*.deb; do dpkg -x "$deb" "$prefix"; done
+  pc="$prefix/usr/lib/x86_64-linux-gnu/pkgconfig"
+  sed -i "s|^prefix=.*|prefix=$prefix/usr|" "$pc"/*.pc
+  export PKG_CONFIG_PATH="$pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+  export CMAKE_PREFIX_PATH="$prefix/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+  export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader || true
+nvcc --version | tail -1
+
+# ---- build ----
+start=$(date +%s)
+if ! cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLSERVE_CUDA=ON -DLSERVE_BENCH=OFF \
+       -DLSERVE_FUZZ=OFF >"$logs/configure.log" 2>&1; then
+  tail -30 "$logs/configure.log"
+  echo "gpu.sh: configure failed"
+  exit 1
+fi
+if ! cmake --build "$build" -j16 --target lserve_cuda_tests lserve cuda_attention_timing >"$logs/build.log" 2>&1; then
+  grep -E "error|Error" "$logs/build.log" | head -40
+  echo "gpu.sh: build failed"
+  exit 1
+fi
+note "build: ok in $(($(date +%s) - start)) s"
+
+# ---- tests ----
+tests="$build/tests/cuda/lserve_cuda_tests"
+"$tests" --gtest_color=no 2>&1 | tee "$logs/tests.log"
+rc=${PIPESTATUS[0]}
+count() { grep -Eo "^\[  $1 *\] [0-9]+ test" "$logs/tests.log" | grep -Eo "[0-9]+" || echo 0; }
+note "tests: $(count PASSED) passed, $(count FAILED) failed, $(count SKIPPED) skipped (exit $rc)"
+[ "$rc" -eq 0 ] || status=1
+
+# ---- the CLI on the GPU ----
+if "$build/lserve" generate --device cuda -p "The capital of France is" -n 24 --temperature 0 \
+     >"$logs/generate.log" 2>&1; then
+  note "lserve generate --device cuda: ok ($(grep -Eo 'decode [0-9.]+ tokens/s' "$logs/generate.log"))"
+else
+  tail -5 "$logs/generate.log"
+  note "lserve generate --device cuda: FAILED"
+  status=1
+fi
+
+# ---- compute-sanitizer ----
+if [ "$sanitize" -eq 1 ]; then
+  run_tool() {  # tool, gtest filter
+    # Bounded: a sanitized run is 10-100x slower, and a stuck one must not eat the whole lease.
+    timeout 240 compute-sanitizer --tool "$1" --error-exitcode 99 "$tests" --gtest_color=no \
+      --gtest_filter="$2" >"$logs/sanitizer-$1.log" 2>&1
+    local code=$?
+    note "compute-sanitizer $1: $(grep -E "(ERROR|RACECHECK) SUMMARY" "$logs/sanitizer-$1.log" | tail -1) (exit $code)"
+    [ "$code" -eq 0 ] || { status=1; grep -m 20 -E "^=+ (Invalid|Race|Error|ERROR)" "$logs/sanitizer-$1.log"; }
+  }
+  run_tool memcheck "CudaOps.*:CudaKvLayout.*:CudaAttention.FixedShapes:CudaAttention.Decode*:*tiny_llama*"
+  run_tool racecheck "CudaAttention.Decode*:*llama3*"
+  run_tool synccheck "CudaAttention.Decode*:*llama3*"
+fi
+
+# ---- attention timing ----
+if [ "$bench" -eq 1 ]; then
+  if "$build/bench/cuda/cuda_attention_timing" 2>&1 | tee "$logs/attention_timing.log"; then
+    note "attention timing: see above"
+  else
+    note "attention timing: FAILED"
+    status=1
+  fi
+fi
+
+echo
+echo "==== gpu.sh summary ===="
+printf '%s\n' "${summary[@]}"
+exit $status

@@ -1,0 +1,45 @@
+#include "backend/cuda/attention_plan.h"
+
+#include <algorithm>
+
+#include "backend/attention_batch.h"
+
+namespace lserve::cuda {
+
+AttentionPlan make_attention_plan(const AttentionBatch& batch, int32_t group) {
+  AttentionPlan plan;
+  std::vector<int32_t> tile_keys;  // keys each prefill tile visits, for the ordering below
+  for (int32_t b = 0; b < batch.num_seqs(); ++b) {
+    const int32_t qlen = batch.query_len(b), seq_len = batch.seq_lens[b];
+    if (qlen == 0) continue;
+    if (qlen == 1 && group <= kDecodeMaxGroup) {
+      const int32_t splits = (seq_len + kDecodeSplitKeys - 1) / kDecodeSplitKeys;
+      if (splits <= 1) {
+        plan.decode.push_back({b, 0, seq_len, -1});
+        continue;
+      }
+      plan.merge.push_back({b, plan.num_partials, splits});
+      for (int32_t s = 0; s < splits; ++s)
+        plan.decode.push_back({b, s * kDecodeSplitKeys, std::min(seq_len, (s + 1) * kDecodeSplitKeys),
+                               plan.num_partials++});
+      continue;
+    }
+    const int32_t rows = qlen * group;
+    for (int32_t r = 0; r < rows; r += kPrefillRows) {
+      plan.prefill.push_back({b, r});
+      const int32_t last_row = std::min(rows, r + kPrefillRows) - 1;
+      tile_keys.push_back(seq_len - qlen + last_row / group + 1);
+    }
+  }
+  // Longest tiles first: the causal tiles at the end of a long prompt visit the most keys, and
+  // starting them last would leave the tail of the launch on a few SMs.
+  std::vector<size_t> order(plan.prefill.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return tile_keys[a] > tile_keys[b]; });
+  std::vector<PrefillItem> sorted(order.size());
+  for (size_t i = 0; i < order.size(); ++i) sorted[i] = plan.prefill[order[i]];
+  plan.prefill = std::move(sorted);
+  return plan;
+}
+
+}  // namespace lserve::cuda

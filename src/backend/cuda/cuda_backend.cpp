@@ -1,0 +1,368 @@
+// CudaBackend: the Backend ops on one GPU (see cuda_backend.h). This file is glue: argument
+// checks, the per-step device copy of the batch, the attention plan, and kernel launches.
+#include "backend/cuda/cuda_backend.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "backend/attention_batch.h"
+#include "backend/cuda/attention.h"
+#include "backend/cuda/attention_plan.h"
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_linear.h"
+#include "backend/cuda/cuda_memory.h"
+#include "backend/cuda/cuda_staging.h"
+#include "backend/cuda/kernels.h"
+#include "kv/kv_cache.h"
+
+namespace lserve {
+
+namespace {
+
+using cuda::bf16;
+
+// The step's batch arrays on the device, all in one block (one copy per step).
+struct DeviceBatch {
+  const int64_t* slot_mapping = nullptr;
+  const int32_t* query_start = nullptr;
+  const int32_t* seq_lens = nullptr;
+  const int32_t* page_indptr = nullptr;
+  const int32_t* page_indices = nullptr;
+  const int32_t* positions = nullptr;
+  int32_t num_seqs = 0, num_tokens = 0;
+};
+
+bf16* bf16_of(const Tensor& t) { return static_cast<bf16*>(t.data); }
+
+void expect_bf16(const Tensor& t, const char* what) {
+  LSERVE_CHECK(t.dtype == DType::BF16 && t.device == Device::Cuda, "{} must be a bf16 tensor on the GPU, got {} on {}",
+               what, dtype_name(t.dtype), t.device == Device::Cuda ? "the GPU" : "the host");
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const CudaBackendOptions& options) : options_(options) {
+    const int count = cuda_device_count();
+    if (count == 0) fail("--device cuda: no CUDA GPU is visible (no driver, or no device)");
+    if (options.device < 0 || options.device >= count)
+      fail("CUDA device {} does not exist ({} visible)", options.device, count);
+    LSERVE_CUDA_CHECK(cudaSetDevice(options.device));
+    LSERVE_CUDA_CHECK(cudaGetDeviceProperties(&props_, options.device));
+    LSERVE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    uploader_ = std::make_unique<cuda::PinnedUploader>(stream_);
+    linear_ = std::make_unique<cuda::CublasLtLinear>(stream_);
+  }
+
+  ~CudaBackend() override {
+    if (stream_) cudaStreamSynchronize(stream_);
+    linear_.reset();
+    uploader_.reset();
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  Device device() const override { return Device::Cuda; }
+  std::string name() const override {
+    return fmt::format("cuda ({} #{}, {} SMs, {:.0f} GiB{})", props_.name, options_.device,
+                       props_.multiProcessorCount, props_.totalGlobalMem / 1073741824.0,
+                       options_.reference_attention ? ", reference attention" : "");
+  }
+  DType compute_dtype() const override { return DType::BF16; }
+
+  std::shared_ptr<DeviceMemory> allocate(size_t bytes) override { return std::make_shared<cuda::CudaMemory>(bytes); }
+
+  void upload(Tensor dst, const void* host_src) override {
+    LSERVE_CHECK(dst.device == Device::Cuda, "upload needs a GPU tensor");
+    if (dst.nbytes() <= kPinnedUploadLimit) {
+      uploader_->upload(dst.data, host_src, dst.nbytes());
+    } else {
+      LSERVE_CUDA_CHECK(cudaMemcpyAsync(dst.data, host_src, dst.nbytes(), cudaMemcpyHostToDevice, stream_));
+    }
+  }
+
+  void download(const Tensor& src, void* host_dst) override {
+    LSERVE_CHECK(src.device == Device::Cuda, "download needs a GPU tensor");
+    LSERVE_CUDA_CHECK(cudaMemcpyAsync(host_dst, src.data, src.nbytes(), cudaMemcpyDeviceToHost, stream_));
+    LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  // Every weight becomes bf16 on the GPU, vectors (norms, biases) included: the kernels read one
+  // weight dtype, and bf16 checkpoints (the common case) lose nothing.
+  Tensor prepare_weight(const Tensor& host, std::shared_ptr<DeviceMemory>* keep) override {
+    LSERVE_CHECK(host.device == Device::Cpu, "prepare_weight takes host tensors");
+    if (host.dtype != DType::BF16 && host.dtype != DType::F32 && host.dtype != DType::F16)
+      fail("a {} weight cannot go to the CUDA backend (F32, F16 or BF16 only)", dtype_name(host.dtype));
+    const int64_t n = host.numel();
+    auto mem = std::make_shared<cuda::CudaMemory>(static_cast<size_t>(n) * 2);
+    bf16* dst = static_cast<bf16*>(mem->data());
+    if (host.dtype == DType::BF16) {
+      LSERVE_CUDA_CHECK(cudaMemcpyAsync(dst, host.data, host.nbytes(), cudaMemcpyHostToDevice, stream_));
+    } else {
+      // Through a device staging buffer in chunks: the widest source (f32) is never whole on the GPU.
+      const size_t es = dtype_size(host.dtype);
+      const int64_t chunk = std::min<int64_t>(n, kConvertChunk);
+      void* staging = convert_staging_.ensure(static_cast<size_t>(chunk) * es, stream_);
+      for (int64_t begin = 0; begin < n; begin += chunk) {
+        const int64_t count = std::min(chunk, n - begin);
+        LSERVE_CUDA_CHECK(cudaMemcpyAsync(staging, static_cast<const char*>(host.data) + begin * static_cast<int64_t>(es),
+                                          static_cast<size_t>(count) * es, cudaMemcpyHostToDevice, stream_));
+        if (host.dtype == DType::F32)
+          cuda::convert_f32_to_bf16(static_cast<const float*>(staging), dst + begin, count, stream_);
+        else
+          cuda::convert_f16_to_bf16(static_cast<const uint16_t*>(staging), dst + begin, count, stream_);
+      }
+    }
+    // The source may be a mapped file the caller unmaps after loading: finish reading it now.
+    LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    Tensor out{dst, DType::BF16, host.shape, Device::Cuda};
+    *keep = std::move(mem);
+    return out;
+  }
+
+  void begin_step(const AttentionBatch& batch) override {
+    const size_t T = static_cast<size_t>(batch.num_tokens()), B = batch.seq_lens.size();
+    LSERVE_CHECK(batch.query_start.size() == B + 1 && batch.page_indptr.size() == B + 1 &&
+                     batch.slot_mapping.size() == T && batch.positions.size() == T,
+                 "inconsistent AttentionBatch");
+    // Layout: slot_mapping (i64) first for alignment, then the i32 arrays.
+    const size_t n32 = (B + 1) + B + (B + 1) + batch.page_indices.size() + T;
+    step_host_.resize(T * 8 + n32 * 4);
+    char* h = step_host_.data();
+    auto put = [&](const void* src, size_t bytes) {
+      std::memcpy(h, src, bytes);
+      h += bytes;
+    };
+    put(batch.slot_mapping.data(), T * 8);
+    put(batch.query_start.data(), (B + 1) * 4);
+    put(batch.seq_lens.data(), B * 4);
+    put(batch.page_indptr.data(), (B + 1) * 4);
+    put(batch.page_indices.data(), batch.page_indices.size() * 4);
+    put(batch.positions.data(), T * 4);
+    char* d = static_cast<char*>(step_device_.ensure(step_host_.size(), stream_));
+    uploader_->upload(d, step_host_.data(), step_host_.size());
+    dbatch_.slot_mapping = reinterpret_cast<const int64_t*>(d);
+    dbatch_.query_start = reinterpret_cast<const int32_t*>(d + T * 8);
+    dbatch_.seq_lens = dbatch_.query_start + B + 1;
+    dbatch_.page_indptr = dbatch_.seq_lens + B;
+    dbatch_.page_indices = dbatch_.page_indptr + B + 1;
+    dbatch_.positions = dbatch_.page_indices + batch.page_indices.size();
+    dbatch_.num_seqs = static_cast<int32_t>(B);
+    dbatch_.num_tokens = static_cast<int32_t>(T);
+    step_batch_ = &batch;
+    plan_group_ = -1;  // the attention plan is rebuilt for this batch on first use
+  }
+
+  void gather_rows(const Tensor& src, std::span<const int32_t> rows, Tensor dst) override {
+    LSERVE_CHECK(src.device == Device::Cuda && dst.device == Device::Cuda && src.dtype == dst.dtype);
+    for (int32_t r : rows) LSERVE_CHECK(r >= 0 && r < src.dim(0), "row {} outside [0, {})", r, src.dim(0));
+    if (rows.empty()) return;
+    const int64_t row_bytes = static_cast<int64_t>(src.nbytes()) / src.dim(0);
+    auto* d = static_cast<int32_t*>(rows_device_.ensure(rows.size_bytes(), stream_));
+    uploader_->upload(d, rows.data(), rows.size_bytes());
+    cuda::gather_rows(src.data, d, static_cast<int64_t>(rows.size()), row_bytes, dst.data, stream_);
+  }
+
+  void embedding(const Tensor& ids, const Tensor& table, Tensor out) override {
+    expect_bf16(table, "the embedding table");
+    expect_bf16(out, "embedding output");
+    LSERVE_CHECK(ids.dtype == DType::I32);
+    const int64_t T = ids.numel(), V = table.dim(0), H = table.dim(1);
+    const int32_t* dev_ids = ids.as<int32_t>();
+    if (ids.device == Device::Cpu) {
+      for (int64_t t = 0; t < T; ++t)
+        if (dev_ids[t] < 0 || dev_ids[t] >= V) fail("token id {} is outside the vocabulary of {}", dev_ids[t], V);
+      auto* d = static_cast<int32_t*>(ids_device_.ensure(static_cast<size_t>(T) * 4, stream_));
+      uploader_->upload(d, dev_ids, static_cast<size_t>(T) * 4);
+      dev_ids = d;
+    }
+    cuda::embedding(dev_ids, bf16_of(table), V, H, bf16_of(out), T, stream_);
+  }
+
+  void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor out) override {
+    expect_bf16(x, "rms_norm input");
+    expect_bf16(weight, "rms_norm weight");
+    expect_bf16(out, "rms_norm output");
+    cuda::rms_norm(bf16_of(x), bf16_of(weight), eps, bf16_of(out), x.dim(0), x.dim(1), stream_);
+  }
+
+  void add_rms_norm(Tensor residual, const Tensor& x, const Tensor& weight, float eps, Tensor out) override {
+    expect_bf16(residual, "residual");
+    expect_bf16(x, "add_rms_norm input");
+    expect_bf16(weight, "add_rms_norm weight");
+    expect_bf16(out, "add_rms_norm output");
+    cuda::add_rms_norm(bf16_of(residual), bf16_of(x), bf16_of(weight), eps, bf16_of(out), x.dim(0), x.dim(1), stream_);
+  }
+
+  void linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) override {
+    expect_bf16(x, "linear input");
+    expect_bf16(weight, "linear weight");
+    if (!bias.empty()) expect_bf16(bias, "linear bias");
+    LSERVE_CHECK(out.device == Device::Cuda && (out.dtype == DType::BF16 || out.dtype == DType::F32),
+                 "linear output must be bf16 or f32 on the GPU");
+    const int64_t T = x.dim(0), K = x.dim(1), N = weight.dim(0);
+    LSERVE_CHECK(weight.dim(1) == K && out.dim(0) == T && out.dim(1) == N, "linear shapes x {} w {} out {}",
+                 x.shape.str(), weight.shape.str(), out.shape.str());
+    linear_->run(bf16_of(x), bf16_of(weight), bias.empty() ? nullptr : bf16_of(bias), out.data,
+                 out.dtype == DType::F32, T, N, K);
+  }
+
+  void head_rms_norm(Tensor x, int64_t head_dim, const Tensor& weight, float eps) override {
+    expect_bf16(x, "head_rms_norm input");
+    expect_bf16(weight, "head_rms_norm weight");
+    cuda::head_rms_norm(bf16_of(x), bf16_of(weight), eps, x.numel() / head_dim, head_dim, stream_);
+  }
+
+  void rope(Tensor q, Tensor k, const Tensor& positions, const Tensor& cos_sin, int64_t head_dim) override {
+    expect_bf16(q, "rope q");
+    expect_bf16(k, "rope k");
+    LSERVE_CHECK(cos_sin.dtype == DType::F32 && cos_sin.device == Device::Cuda, "the RoPE table must be f32 on the GPU");
+    LSERVE_CHECK(positions.dtype == DType::I32);
+    const int64_t T = q.dim(0);
+    const int32_t* pos = positions.as<int32_t>();
+    if (positions.device == Device::Cpu) {
+      for (int64_t t = 0; t < T; ++t)
+        LSERVE_CHECK(pos[t] >= 0 && pos[t] < cos_sin.dim(0), "position {} outside the RoPE table of {}", pos[t],
+                     cos_sin.dim(0));
+      auto* d = static_cast<int32_t*>(positions_device_.ensure(static_cast<size_t>(T) * 4, stream_));
+      uploader_->upload(d, pos, static_cast<size_t>(T) * 4);
+      pos = d;
+    }
+    cuda::rope(bf16_of(q), bf16_of(k), pos, cos_sin.as<float>(), cos_sin.dim(0), T, q.dim(1) / head_dim,
+               k.dim(1) / head_dim, head_dim, stream_);
+  }
+
+  void silu_mul(const Tensor& gate, const Tensor& up, Tensor out) override {
+    expect_bf16(gate, "silu_mul gate");
+    expect_bf16(up, "silu_mul up");
+    expect_bf16(out, "silu_mul output");
+    cuda::silu_mul(bf16_of(gate), bf16_of(up), bf16_of(out), out.numel(), stream_);
+  }
+
+  void kv_append(KvCache& cache, int64_t layer, const Tensor& k, const Tensor& v, const AttentionBatch& batch) override {
+    expect_bf16(k, "kv_append k");
+    expect_bf16(v, "kv_append v");
+    expect_kv_cache(cache);
+    ensure_step(batch);
+    cuda::kv_append(bf16_of(k), bf16_of(v), dbatch_.slot_mapping, k.dim(0), bf16_of(cache.k_pages(layer)),
+                    bf16_of(cache.v_pages(layer)), cache.num_kv_heads(), cache.page_size(), cache.head_dim(), stream_);
+  }
+
+  void attention(const KvCache& cache, int64_t layer, const Tensor& q, const AttentionBatch& batch, float scale,
+                 Tensor out) override {
+    expect_bf16(q, "attention q");
+    expect_bf16(out, "attention output");
+    expect_kv_cache(cache);
+    ensure_step(batch);
+    const int64_t D = cache.head_dim(), Hk = cache.num_kv_heads(), H = q.dim(1) / D;
+    LSERVE_CHECK(H % Hk == 0 && q.dim(0) == batch.num_tokens(), "attention: {} heads over {} KV heads, {} rows", H, Hk,
+                 q.dim(0));
+    cuda::AttentionParams p{bf16_of(q),
+                            bf16_of(out),
+                            bf16_of(cache.k_pages(layer)),
+                            bf16_of(cache.v_pages(layer)),
+                            dbatch_.query_start,
+                            dbatch_.seq_lens,
+                            dbatch_.page_indptr,
+                            dbatch_.page_indices,
+                            dbatch_.num_seqs,
+                            dbatch_.num_tokens,
+                            static_cast<int32_t>(H),
+                            static_cast<int32_t>(Hk),
+                            static_cast<int32_t>(D),
+                            cache.page_size(),
+                            scale};
+    if (options_.reference_attention || !cuda::fast_attention_supports(static_cast<int>(D))) {
+      cuda::attention_reference(p, stream_);
+      return;
+    }
+    ensure_plan(batch, static_cast<int32_t>(H / Hk), H, D);
+    cuda::attention_prefill(p, plan_prefill_, plan_sizes_[0], stream_);
+    cuda::attention_decode(p, plan_decode_, plan_sizes_[1], partial_o_, partial_lse_, stream_);
+    cuda::attention_decode_merge(p, plan_merge_, plan_sizes_[2], partial_o_, partial_lse_, stream_);
+  }
+
+  void synchronize() override { LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+ private:
+  static constexpr size_t kPinnedUploadLimit = size_t{4} << 20;  // larger uploads go direct
+  static constexpr int64_t kConvertChunk = int64_t{16} << 20;     // elements per conversion chunk
+
+  void expect_kv_cache(const KvCache& cache) const {
+    LSERVE_CHECK(cache.dtype() == DType::BF16 && cache.k_pages(0).device == Device::Cuda,
+                 "the KV cache must be bf16 on the GPU (made with this backend)");
+  }
+
+  // kv_append and attention read the batch copied by begin_step; a caller that skipped it (or
+  // passes another batch) gets it copied here, so the ops also work on their own.
+  void ensure_step(const AttentionBatch& batch) {
+    if (step_batch_ != &batch || dbatch_.num_tokens != batch.num_tokens() || dbatch_.num_seqs != batch.num_seqs())
+      begin_step(batch);
+  }
+
+  // The attention plan of this step for a GQA group size, built and uploaded once per step.
+  void ensure_plan(const AttentionBatch& batch, int32_t group, int64_t num_heads, int64_t head_dim) {
+    if (plan_group_ == group) return;
+    const cuda::AttentionPlan plan = cuda::make_attention_plan(batch, group);
+    plan_sizes_ = {static_cast<int32_t>(plan.prefill.size()), static_cast<int32_t>(plan.decode.size()),
+                   static_cast<int32_t>(plan.merge.size())};
+    const size_t b0 = plan.prefill.size() * sizeof(cuda::PrefillItem);
+    const size_t b1 = plan.decode.size() * sizeof(cuda::DecodeItem);
+    const size_t b2 = plan.merge.size() * sizeof(cuda::MergeItem);
+    plan_host_.resize(b0 + b1 + b2);
+    std::memcpy(plan_host_.data(), plan.prefill.data(), b0);
+    std::memcpy(plan_host_.data() + b0, plan.decode.data(), b1);
+    std::memcpy(plan_host_.data() + b0 + b1, plan.merge.data(), b2);
+    char* d = static_cast<char*>(plan_device_.ensure(plan_host_.size(), stream_));
+    uploader_->upload(d, plan_host_.data(), plan_host_.size());
+    plan_prefill_ = reinterpret_cast<const cuda::PrefillItem*>(d);
+    plan_decode_ = reinterpret_cast<const cuda::DecodeItem*>(d + b0);
+    plan_merge_ = reinterpret_cast<const cuda::MergeItem*>(d + b0 + b1);
+    const size_t partials = static_cast<size_t>(plan.num_partials * num_heads);
+    partial_o_ = static_cast<float*>(partial_o_buffer_.ensure(partials * static_cast<size_t>(head_dim) * 4, stream_));
+    partial_lse_ = static_cast<float*>(partial_lse_buffer_.ensure(partials * 4, stream_));
+    plan_group_ = group;
+  }
+
+  CudaBackendOptions options_;
+  cudaDeviceProp props_{};
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::PinnedUploader> uploader_;
+  std::unique_ptr<cuda::CublasLtLinear> linear_;
+  cuda::GrowableBuffer convert_staging_, rows_device_, ids_device_, positions_device_;
+
+  // The step's batch on the device.
+  std::vector<char> step_host_;
+  cuda::GrowableBuffer step_device_;
+  DeviceBatch dbatch_;
+  const AttentionBatch* step_batch_ = nullptr;
+
+  // The step's attention plan.
+  int32_t plan_group_ = -1;
+  std::vector<char> plan_host_;
+  cuda::GrowableBuffer plan_device_, partial_o_buffer_, partial_lse_buffer_;
+  const cuda::PrefillItem* plan_prefill_ = nullptr;
+  const cuda::DecodeItem* plan_decode_ = nullptr;
+  const cuda::MergeItem* plan_merge_ = nullptr;
+  std::array<int32_t, 3> plan_sizes_{};
+  float* partial_o_ = nullptr;
+  float* partial_lse_ = nullptr;
+};
+
+}  // namespace
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the error so later calls do not report it
+    return 0;
+  }
+  return n;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options) {
+  return std::make_unique<CudaBackend>(options);
+}
+
+}  // namespace lserve

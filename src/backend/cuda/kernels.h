@@ -1,0 +1,52 @@
+// Launchers of the CUDA backend's row and element-wise kernels (norms, RoPE, SwiGLU, embedding,
+// row gather, KV append, dtype conversion). Each launches on `stream` and checks the launch; the
+// shapes follow the matching Backend op in backend/backend.h. Attention has its own header.
+// bf16 storage, f32 arithmetic inside every kernel, one rounding to bf16 on the way out.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace lserve::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// dst[i] = bf16(src[i]), round to nearest even. src f32, or f16 as raw bits.
+void convert_f32_to_bf16(const float* src, bf16* dst, int64_t n, cudaStream_t stream);
+void convert_f16_to_bf16(const uint16_t* src, bf16* dst, int64_t n, cudaStream_t stream);
+
+// out = x / rms(x) * weight per row of `cols`; out may alias x.
+void rms_norm(const bf16* x, const bf16* weight, float eps, bf16* out, int64_t rows, int64_t cols,
+              cudaStream_t stream);
+// residual = bf16(residual + x); out = rms_norm(residual).
+void add_rms_norm(bf16* residual, const bf16* x, const bf16* weight, float eps, bf16* out, int64_t rows,
+                  int64_t cols, cudaStream_t stream);
+// In place, per head_dim-long row of x ([rows, head_dim]).
+void head_rms_norm(bf16* x, const bf16* weight, float eps, int64_t rows, int64_t head_dim, cudaStream_t stream);
+
+// NeoX RoPE in place on q [tokens, q_heads * head_dim] and k [tokens, kv_heads * head_dim];
+// cos_sin: [max_pos, head_dim] f32 (cos | sin). Positions outside the table leave the row as it
+// is (the model checks positions on the host before the step).
+void rope(bf16* q, bf16* k, const int32_t* positions, const float* cos_sin, int64_t max_pos, int64_t tokens,
+          int64_t q_heads, int64_t kv_heads, int64_t head_dim, cudaStream_t stream);
+
+// out = silu(gate) * up over n elements; out may alias gate.
+void silu_mul(const bf16* gate, const bf16* up, bf16* out, int64_t n, cudaStream_t stream);
+
+// out[t, :] = table[ids[t], :]. An id outside [0, vocab) gives a zero row (ids on the device
+// cannot be checked without a sync; the host path checks them).
+void embedding(const int32_t* ids, const bf16* table, int64_t vocab, int64_t hidden, bf16* out, int64_t tokens,
+               cudaStream_t stream);
+
+// dst row i = src row rows[i]; rows already checked. row_bytes must be even.
+void gather_rows(const void* src, const int32_t* rows, int64_t num_rows, int64_t row_bytes, void* dst,
+                 cudaStream_t stream);
+
+// Writes k and v ([tokens, kv_heads * head_dim]) into the paged pools
+// ([num_pages, kv_heads, page_size, head_dim]) at slot_mapping[t] = page * page_size + offset.
+void kv_append(const bf16* k, const bf16* v, const int64_t* slot_mapping, int64_t tokens, bf16* k_pages,
+               bf16* v_pages, int64_t kv_heads, int64_t page_size, int64_t head_dim, cudaStream_t stream);
+
+}  // namespace lserve::cuda
