@@ -21,6 +21,7 @@ constexpr int64_t kPage = 64;
 struct Setup {
   std::vector<float> q, k, v, out;
   AttentionBatch batch;
+  std::vector<HeadSlot> slots;
   CpuAttentionArgs args{};
   Setup(Shape3 s, int32_t context, int32_t queries) {
     const int32_t pages = static_cast<int32_t>((context + kPage - 1) / kPage);
@@ -37,7 +38,7 @@ struct Setup {
     batch.seq_lens = {context};
     batch.page_indptr = {0, pages};
     for (int32_t p = 0; p < pages; ++p) batch.page_indices.push_back(p);
-    args = {q.data(), k.data(), v.data(), out.data(), s.heads, s.kv_heads, s.head_dim, kPage, 0.1f};
+    args = dense_attention_args(q.data(), k.data(), v.data(), out.data(), s.heads, s.kv_heads, s.head_dim, kPage, 0.1f, slots);
   }
 };
 

@@ -14,6 +14,7 @@
 namespace lserve {
 namespace {
 
+
 struct Case {
   int64_t num_heads, num_kv_heads, head_dim, page_size;
   std::vector<std::pair<int32_t, int32_t>> seqs;  // (context before, new tokens)
@@ -43,8 +44,9 @@ void run_case(const Case& c, uint32_t seed) {
   auto k = test::random_floats(pool_elems, rng), v = test::random_floats(pool_elems, rng);
   auto q = test::random_floats(static_cast<size_t>(T * c.num_heads * c.head_dim), rng);
   std::vector<float> fast(q.size(), std::nanf("")), ref(q.size(), std::nanf(""));  // poisoned
-  CpuAttentionArgs args{q.data(), k.data(), v.data(), fast.data(), c.num_heads, c.num_kv_heads,
-                        c.head_dim, c.page_size, 1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+  std::vector<HeadSlot> slots;
+  CpuAttentionArgs args = dense_attention_args(q.data(), k.data(), v.data(), fast.data(), c.num_heads, c.num_kv_heads,
+                                               c.head_dim, c.page_size, 1.0f / std::sqrt(static_cast<float>(c.head_dim)), slots);
   cpu_paged_attention(args, batch);
   args.out = ref.data();
   reference_paged_attention(args, batch);
@@ -95,8 +97,8 @@ TEST(CpuPagedAttention, BitIdenticalForAnyThreadCountAndBatch) {
       b.page_indptr.push_back(static_cast<int32_t>(b.page_indices.size()));
     }
     std::vector<float> out(static_cast<size_t>(3 * H * D));
-    CpuAttentionArgs args{q.data(), k.data(), v.data(), out.data(), H, Hk, D, P, 0.17f};
-    cpu_paged_attention(args, b);
+    std::vector<HeadSlot> slots;
+    cpu_paged_attention(dense_attention_args(q.data(), k.data(), v.data(), out.data(), H, Hk, D, P, 0.17f, slots), b);
     out.resize(static_cast<size_t>(H * D));  // the first sequence's row
     return out;
   };

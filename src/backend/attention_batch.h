@@ -1,7 +1,7 @@
-// AttentionBatch: where each query token of one forward step sits in the paged KV cache.
-// Built once per step on the host (the "plan") and read by kv_append and attention in every
-// layer. Vocabulary follows vLLM/FlashInfer: query_start (cu_seqlens), seq_lens, block
-// tables as indptr/indices, slot_mapping.
+// AttentionBatch: where each query token of one forward step sits in the paged KV cache, and
+// which attention each sequence runs. Built once per step on the host (the "plan") and read by
+// kv_append and attention in every layer. Vocabulary follows vLLM/FlashInfer: query_start
+// (cu_seqlens), seq_lens, block tables as indptr/indices, slot_mapping.
 //
 //   batch tokens (T = query_start[B]):
 //     | seq 0: q_len 3 | seq 1: q_len 1 | seq 2: q_len 5 |
@@ -9,15 +9,20 @@
 //   seq b's new tokens are batch rows query_start[b] .. query_start[b+1]-1; after the step its
 //   KV holds seq_lens[b] tokens, so its i-th new token sits at position
 //       seq_lens[b] - q_len(b) + i        (causal: it sees positions 0 .. that one)
-//   its pages, in order, are page_indices[page_indptr[b] .. page_indptr[b+1]-1];
+//   its retrieval pages, in order, are page_indices[page_indptr[b] .. page_indptr[b+1]-1];
 //   position p lives in page p / page_size at offset p % page_size, and
 //   slot_mapping[t] = page * page_size + offset is where batch row t's k and v are written.
+//   Streaming heads (if the cache has any) use the streaming_* tables the same way; a released
+//   streaming page reads -1 (kNoPage) and is never visited.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 namespace lserve {
+
+struct SequenceKv;
+struct SparsityConfig;
 
 struct AttentionBatch {
   std::vector<int32_t> query_start;   // [B + 1]
@@ -26,6 +31,18 @@ struct AttentionBatch {
   std::vector<int32_t> page_indices;  // [page_indptr[B]]
   std::vector<int64_t> slot_mapping;  // [T]
   std::vector<int32_t> positions;     // [T], position of each batch row
+
+  // Streaming heads' pages; empty when the cache has no streaming heads.
+  std::vector<int32_t> streaming_page_indptr;   // [B + 1]
+  std::vector<int32_t> streaming_page_indices;  // kNoPage where released
+  std::vector<int64_t> streaming_slot_mapping;  // [T]
+
+  // Sparse attention: the policy (null: dense everywhere), whether each sequence is decoding
+  // (streaming heads then use the decode window; retrieval heads may select pages), and each
+  // sequence's state (page selections, statistics), updated by the attention op.
+  const SparsityConfig* sparsity = nullptr;
+  std::vector<uint8_t> decoding;       // [B]
+  std::vector<SequenceKv*> sequences;  // [B]; may be null for a dense batch
 
   int32_t num_seqs() const { return static_cast<int32_t>(seq_lens.size()); }
   int32_t num_tokens() const { return query_start.empty() ? 0 : query_start.back(); }

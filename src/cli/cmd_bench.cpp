@@ -30,8 +30,9 @@ using Clock = std::chrono::steady_clock;
 void run_bench(const BenchOptions& o) {
   LoadedModel m = load_model(o.model);
   const int64_t longest = *std::max_element(o.prompt_tokens.begin(), o.prompt_tokens.end());
-  auto cache = make_kv_cache(m, o.model, longest + o.decode_tokens);
-  Generator gen(*m.model, *cache, nullptr, o.prefill_chunk);
+  auto cache = make_kv_cache(m, o.model, longest + o.decode_tokens, 1, o.prefill_chunk);
+  Generator gen(*m.model, *cache, nullptr, o.prefill_chunk, &o.model.sparsity);
+  spdlog::info("{}", o.model.sparsity.summary());
   const ModelConfig& c = m.model->config();
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(c.vocab_size - 1));
@@ -81,7 +82,10 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--repeats", o->repeats, "timed runs per length (median reported)")->check(CLI::PositiveNumber);
   cmd->add_option("--prefill-chunk", o->prefill_chunk, "prompt tokens per forward pass")->check(CLI::PositiveNumber);
   cmd->add_flag("--json", o->json, "one JSON object per line instead of a table");
-  cmd->callback([o] { run_bench(*o); });
+  cmd->callback([o] {
+    finish_sparsity(o->model);
+    run_bench(*o);
+  });
 }
 
 }  // namespace lserve::cli

@@ -63,8 +63,9 @@ void run_generate(const GenerateOptions& o, const CLI::App& cmd) {
   if (need > m.model->max_context())
     fail("prompt ({} tokens) + --max-tokens ({}) exceeds the max context of {} tokens", req.prompt.size(),
          req.max_tokens, m.model->max_context());
-  auto cache = make_kv_cache(m, o.model, need);
-  Generator gen(*m.model, *cache, &*m.tokenizer, o.prefill_chunk);
+  auto cache = make_kv_cache(m, o.model, need, 1, o.prefill_chunk);
+  Generator gen(*m.model, *cache, &*m.tokenizer, o.prefill_chunk, &o.model.sparsity);
+  spdlog::info("{}", o.model.sparsity.summary());
   spdlog::info("prompt: {} tokens; generating up to {} ({})", req.prompt.size(), req.max_tokens,
                req.sampling.greedy() ? "greedy" : fmt::format("temperature {}", req.sampling.temperature));
 
@@ -79,10 +80,14 @@ void run_generate(const GenerateOptions& o, const CLI::App& cmd) {
   const double decode_tps = r.decode_seconds > 0 ? static_cast<double>(r.decode_steps) / r.decode_seconds : 0;
   std::fprintf(stderr,
                "\n[lserve] prompt %lld tokens, prefill %.3f s (%.1f tokens/s) | generated %zu tokens, "
-               "decode %.1f tokens/s (%.2f ms/token) | finish: %s | peak memory %.0f MiB\n",
+               "decode %.1f tokens/s (%.2f ms/token) | finish: %s | peak memory %.0f MiB\n"
+               "[lserve] %s | KV tokens read per head per decode step: %.0f (of %lld in context at the end) | KV held %.2f MiB\n",
                static_cast<long long>(r.prompt_tokens), r.prefill_seconds, prefill_tps, r.tokens.size(), decode_tps,
                r.decode_steps ? 1000.0 * r.decode_seconds / static_cast<double>(r.decode_steps) : 0.0,
-               std::string(finish_reason_name(r.finish_reason)).c_str(), peak_rss_mib());
+               std::string(finish_reason_name(r.finish_reason)).c_str(), peak_rss_mib(),
+               std::string(policy_name(o.model.sparsity.policy)).c_str(), r.mean_kv_tokens_read,
+               static_cast<long long>(r.prompt_tokens + static_cast<int64_t>(r.tokens.size())),
+               static_cast<double>(r.kv_bytes) / 1048576.0);
 }
 
 }  // namespace
@@ -104,7 +109,10 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--ignore-eos", o->ignore_eos, "keep generating past end-of-sequence tokens");
   cmd->add_flag("--no-bos", o->no_bos, "do not add the tokenizer's special prefix tokens");
   cmd->add_option("--prefill-chunk", o->prefill_chunk, "prompt tokens per forward pass")->check(CLI::PositiveNumber);
-  cmd->callback([o, cmd] { run_generate(*o, *cmd); });
+  cmd->callback([o, cmd] {
+    finish_sparsity(o->model);
+    run_generate(*o, *cmd);
+  });
 }
 
 }  // namespace lserve::cli

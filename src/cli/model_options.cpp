@@ -32,8 +32,59 @@ void add_model_options(CLI::App* cmd, ModelOptions& o) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--kv-cache-memory", o.kv_cache_gib, "KV cache size in GiB (default: what the command needs)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--page-size", o.page_size, "tokens per physical KV page")->check(CLI::Range(1, 4096));
   cmd->add_option("--dummy-seed", o.dummy_seed, "seed of --load-format dummy weights");
+
+  SparsityConfig& s = o.sparsity;
+  auto* g = "Sparse attention (defaults are LServe's)";
+  cmd->add_option("--attention", o.policy, "attention policy: dense, lserve, streaming, quest or psa")
+      ->check(CLI::IsMember({"dense", "lserve", "streaming", "quest", "psa"}))->group(g);
+  cmd->add_option("--page-size", s.page_size, "tokens per physical KV page")->check(CLI::Range(1, 4096))->group(g)->capture_default_str();
+  cmd->add_option("--logical-page-size", s.logical_page_size, "tokens per logical page the selector scores")
+      ->check(CLI::Range(1, 4096))->group(g)->capture_default_str();
+  cmd->add_option("--token-budget", s.token_budget, "decode KV tokens per retrieval head (quest, lserve)")
+      ->check(CLI::PositiveNumber)->group(g)->capture_default_str();
+  cmd->add_option("--selector-interval", s.selector_interval, "decode steps a page selection is reused for")
+      ->check(CLI::PositiveNumber)->group(g)->capture_default_str();
+  cmd->add_option("--sink", s.decode_window.sink, "streaming heads: sink tokens in decode")->check(CLI::NonNegativeNumber)->group(g)->capture_default_str();
+  cmd->add_option("--local", s.decode_window.local, "streaming heads: local window in decode")->check(CLI::PositiveNumber)->group(g)->capture_default_str();
+  cmd->add_option("--prefill-sink", s.prefill_window.sink, "streaming heads: sink tokens in prefill")->check(CLI::NonNegativeNumber)->group(g)->capture_default_str();
+  cmd->add_option("--prefill-local", s.prefill_window.local, "streaming heads: local window in prefill")->check(CLI::PositiveNumber)->group(g)->capture_default_str();
+  cmd->add_option("--streaming-ratio", s.streaming_ratio, "fraction of KV heads that stream (overrides the pattern's rule; default 0.5 without a pattern)")->group(g);
+  cmd->add_option("--head-pattern", s.head_pattern_file, "head pattern file (lserve format or DuoAttention's full_attention_heads.tsv)")->group(g);
+  cmd->add_option("--selection", o.granularity, "page selection per KV head (shared by its query heads) or per query head")
+      ->check(CLI::IsMember({"kv", "query"}))->group(g)->capture_default_str();
+  cmd->add_option("--psa-mass", s.psa_mass, "psa: keep pages until this share of the estimated attention mass")->group(g)->capture_default_str();
+  cmd->add_option("--psa-min-budget", s.psa_min_budget, "psa: fewest tokens kept")->group(g)->capture_default_str();
+  cmd->add_option("--psa-max-budget", s.psa_max_budget, "psa: most tokens kept")->group(g)->capture_default_str();
+}
+
+void finish_sparsity(ModelOptions& o) {
+  o.sparsity.policy = parse_policy(o.policy);
+  o.sparsity.granularity = o.granularity == "query" ? SelectionGranularity::QueryHead : SelectionGranularity::KvHead;
+  o.sparsity.validate();
+}
+
+HeadPattern resolve_head_pattern(const LoadedModel& m, const SparsityConfig& s) {
+  const ModelConfig& c = m.model->config();
+  if (!s.has_streaming_heads()) return HeadPattern::all_retrieval(c.num_layers, c.num_kv_heads);
+  const HeadRule rule{s.streaming_ratio, std::nullopt};
+  std::filesystem::path file = s.head_pattern_file;
+  if (file.empty()) {
+    for (const char* name : {"head_pattern.txt", "full_attention_heads.tsv"})
+      if (std::filesystem::exists(m.dir / name)) {
+        file = m.dir / name;
+        break;
+      }
+  }
+  HeadPattern p = file.empty() ? HeadPattern::uniform(c.num_layers, c.num_kv_heads, s.streaming_ratio.value_or(0.5))
+                               : HeadPattern::load(file, rule);
+  p.validate(c.num_layers, c.num_kv_heads);
+  if (file.empty())
+    spdlog::warn("no head pattern for this model: {:.0f}% of KV heads stream, chosen without profiling "
+                 "(accuracy needs `lserve profile-heads`)", p.streaming_fraction() * 100);
+  else
+    spdlog::info("head pattern {}: {} of {} KV heads stream", file.string(), p.num_streaming(), c.num_layers * c.num_kv_heads);
+  return p;
 }
 
 std::filesystem::path default_model_dir() {
@@ -92,14 +143,32 @@ LoadedModel load_model(const ModelOptions& o) {
   return m;
 }
 
-std::unique_ptr<KvCache> make_kv_cache(const LoadedModel& m, const ModelOptions& o, int64_t tokens) {
-  KvCacheOptions kv;
-  kv.page_size = o.page_size;
+std::unique_ptr<KvCache> make_kv_cache(const LoadedModel& m, const ModelOptions& o, int64_t tokens,
+                                       int64_t max_sequences, int64_t prefill_chunk) {
+  const SparsityConfig& s = o.sparsity;
   const ModelConfig& c = m.model->config();
-  const size_t page_bytes = KvCache::bytes_per_page(c, o.page_size, m.backend->compute_dtype());
-  kv.memory_bytes = o.kv_cache_gib > 0 ? static_cast<size_t>(o.kv_cache_gib * (1ull << 30))
-                                       : page_bytes * static_cast<size_t>((tokens + o.page_size - 1) / o.page_size);
-  auto cache = std::make_unique<KvCache>(c, kv, *m.backend);
+  const HeadPattern pattern = resolve_head_pattern(m, s);
+  KvCacheOptions kv;
+  kv.page_size = s.page_size;
+  kv.logical_page_size = s.selects_pages() ? s.logical_page_size : 0;
+  kv.max_sequences = max_sequences;
+  if (pattern.num_streaming() > 0) {
+    // A step's queries need the sink, the local band before them and their own pages.
+    const int64_t P = s.page_size;
+    const int64_t widest = std::max(s.prefill_window.local + prefill_chunk, s.decode_window.local + 1);
+    const int64_t sink = std::max(s.prefill_window.sink, s.decode_window.sink);
+    kv.streaming_pages_per_sequence = (sink + P - 1) / P + (widest + P - 1) / P + 1;
+  }
+  if (o.kv_cache_gib > 0) {
+    kv.memory_bytes = static_cast<size_t>(o.kv_cache_gib * (1ull << 30));
+  } else {
+    // Just enough: every position in the retrieval pool, the bounded window in the streaming pool.
+    const int64_t ret_pages = (tokens + s.page_size - 1) / s.page_size;
+    kv.retrieval_pages = ret_pages * max_sequences;
+    kv.streaming_pages_per_sequence = std::min(kv.streaming_pages_per_sequence, ret_pages);
+    kv.streaming_pages = kv.streaming_pages_per_sequence * max_sequences;
+  }
+  auto cache = std::make_unique<KvCache>(c, pattern, kv, *m.backend);
   spdlog::info("{}", cache->summary());
   return cache;
 }

@@ -14,6 +14,8 @@
 #include "model/generation_config.h"
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
+#include "sparse/head_pattern.h"
+#include "sparse/sparsity_config.h"
 
 namespace lserve::cli {
 
@@ -24,8 +26,10 @@ struct ModelOptions {
   int threads = 0;                   // 0: all cores
   int64_t max_context = 0;           // 0: the model's max_position_embeddings
   double kv_cache_gib = 0;           // 0: just what the command needs
-  int page_size = 64;
   uint64_t dummy_seed = 0;
+  SparsityConfig sparsity;           // --attention and its knobs (page size included)
+  std::string policy = "dense";
+  std::string granularity = "kv";
 };
 
 void add_model_options(CLI::App* cmd, ModelOptions& options);
@@ -43,7 +47,17 @@ std::filesystem::path default_model_dir();
 
 LoadedModel load_model(const ModelOptions& options);
 
-// A KV cache of --kv-cache-memory, or (when unset) one just large enough for `tokens` tokens.
-std::unique_ptr<KvCache> make_kv_cache(const LoadedModel& m, const ModelOptions& options, int64_t tokens);
+// Finishes the sparsity options after parsing (policy name, granularity) and validates them.
+void finish_sparsity(ModelOptions& options);
+
+// The head pattern the policy runs with: all retrieval without streaming heads; else
+// --head-pattern, else the model folder's (head_pattern.txt, or DuoAttention's
+// full_attention_heads.tsv), else an unprofiled uniform pattern (with a warning).
+HeadPattern resolve_head_pattern(const LoadedModel& m, const SparsityConfig& sparsity);
+
+// A KV cache of --kv-cache-memory, or (when unset) one just large enough for `max_sequences`
+// sequences of `tokens` tokens each, prefilled in chunks of `prefill_chunk`.
+std::unique_ptr<KvCache> make_kv_cache(const LoadedModel& m, const ModelOptions& options, int64_t tokens,
+                                       int64_t max_sequences = 1, int64_t prefill_chunk = 2048);
 
 }  // namespace lserve::cli

@@ -5,7 +5,6 @@
 
 #include <fmt/format.h>
 
-#include <source_location>
 #include <stdexcept>
 #include <string>
 
@@ -22,15 +21,14 @@ template <typename... Args>
   throw Error(fmt::format(format, std::forward<Args>(args)...));
 }
 
-// An invariant of ours was broken (a bug, not bad input): throw with the location.
-[[noreturn]] void check_failed(const char* condition, const std::string& message,
-                               std::source_location where);
+// An invariant of ours was broken (a bug, not bad input): throw with the location. (File and
+// line come from the macro rather than std::source_location, which clang 14's fuzzer builds lack.)
+[[noreturn]] void check_failed(const char* condition, const std::string& message, const char* file, int line);
 
 }  // namespace lserve
 
 #define LSERVE_CHECK(cond, ...)                                                          \
   do {                                                                                   \
     if (!(cond)) [[unlikely]]                                                            \
-      ::lserve::check_failed(#cond, ::fmt::format("" __VA_ARGS__),                       \
-                             std::source_location::current());                           \
+      ::lserve::check_failed(#cond, ::fmt::format("" __VA_ARGS__), __FILE__, __LINE__);   \
   } while (0)

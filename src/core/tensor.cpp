@@ -5,9 +5,9 @@
 
 namespace lserve {
 
-void check_failed(const char* condition, const std::string& message, std::source_location where) {
+void check_failed(const char* condition, const std::string& message, const char* file, int line) {
   throw Error(fmt::format("internal error: {} ({}) at {}:{}", message.empty() ? "check failed" : message,
-                          condition, where.file_name(), where.line()));
+                          condition, file, line));
 }
 
 std::string Shape::str() const {

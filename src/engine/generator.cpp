@@ -21,38 +21,59 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// Returns a sequence's pages to the pool whatever way the scope is left.
-struct PageTableGuard {
+// Returns a sequence's pages to the pools whatever way the scope is left.
+struct SequenceGuard {
   KvCache& cache;
-  PageTable table;
-  ~PageTableGuard() { cache.release(table); }
+  SequenceKv seq;
+  ~SequenceGuard() { cache.release(seq); }
 };
 }  // namespace
 
-Generator::Generator(LlamaModel& model, KvCache& cache, const Tokenizer* tokenizer, int64_t prefill_chunk)
-    : model_(model), cache_(cache), tokenizer_(tokenizer), prefill_chunk_(std::max<int64_t>(prefill_chunk, 1)) {}
+Generator::Generator(LlamaModel& model, KvCache& cache, const Tokenizer* tokenizer, int64_t prefill_chunk,
+                     const SparsityConfig* sparsity)
+    : model_(model),
+      cache_(cache),
+      tokenizer_(tokenizer),
+      prefill_chunk_(std::max<int64_t>(prefill_chunk, 1)),
+      sparsity_(sparsity ? sparsity : &dense_) {
+  if (cache_.has_streaming_heads() && !sparsity_->has_streaming_heads())
+    fail("the KV cache has streaming heads but the attention policy '{}' uses none", policy_name(sparsity_->policy));
+}
 
-void Generator::step(PageTable& table, std::span<const int32_t> tokens, std::span<const int32_t> logit_rows,
-                     float* logits) {
+void Generator::step(SequenceKv& seq, std::span<const int32_t> tokens, bool decoding, bool prefill_done,
+                     std::span<const int32_t> logit_rows, float* logits) {
   const auto n = static_cast<int32_t>(tokens.size());
-  const int64_t start = table.num_tokens;
+  const int64_t start = seq.num_tokens();
   if (start + n > model_.max_context())
     fail("sequence of {} tokens exceeds the max context of {}", start + n, model_.max_context());
-  cache_.reserve(table, start + n);
-  table.num_tokens = start + n;
+  cache_.reserve(seq, start + n);
 
   AttentionBatch batch;
   batch.query_start = {0, n};
   batch.seq_lens = {static_cast<int32_t>(start + n)};
-  batch.page_indptr = {0, static_cast<int32_t>(table.pages.size())};
-  batch.page_indices.assign(table.pages.begin(), table.pages.end());
+  batch.page_indptr = {0, static_cast<int32_t>(seq.retrieval.pages.size())};
+  batch.page_indices.assign(seq.retrieval.pages.begin(), seq.retrieval.pages.end());
+  const bool streaming = cache_.has_streaming_heads();
+  if (streaming) {
+    batch.streaming_page_indptr = {0, static_cast<int32_t>(seq.streaming.pages.size())};
+    batch.streaming_page_indices.assign(seq.streaming.pages.begin(), seq.streaming.pages.end());
+  }
   const int64_t P = cache_.page_size();
   for (int32_t i = 0; i < n; ++i) {
     const int64_t pos = start + i;
+    const auto page = static_cast<size_t>(pos / P);
     batch.positions.push_back(static_cast<int32_t>(pos));
-    batch.slot_mapping.push_back(static_cast<int64_t>(table.pages[static_cast<size_t>(pos / P)]) * P + pos % P);
+    batch.slot_mapping.push_back(static_cast<int64_t>(seq.retrieval.pages[page]) * P + pos % P);
+    if (streaming) batch.streaming_slot_mapping.push_back(static_cast<int64_t>(seq.streaming.pages[page]) * P + pos % P);
   }
+  batch.sparsity = sparsity_;
+  batch.decoding = {static_cast<uint8_t>(decoding)};
+  batch.sequences = {&seq};
+  seq.kv_tokens_read = seq.kv_head_reads = 0;
   model_.forward(tokens, batch, cache_, logit_rows, logits);
+  if (decoding) ++seq.decode_steps;
+  if (streaming)
+    cache_.trim_streaming(seq, start + n, prefill_done ? sparsity_->decode_window : sparsity_->prefill_window);
 }
 
 GenerationResult Generator::run(const GenerationRequest& req, const std::function<void(std::string_view)>& on_text) {
@@ -67,7 +88,7 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
 
   GenerationResult result;
   result.prompt_tokens = static_cast<int64_t>(req.prompt.size());
-  PageTableGuard seq{cache_, {}};
+  SequenceGuard seq{cache_, {}};
   Sampler sampler(req.sampling);
   StopMatcher stops(req.stop);
   std::optional<IncrementalDecoder> decoder;
@@ -89,10 +110,11 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
     const int64_t n = std::min(prefill_chunk_, result.prompt_tokens - begin);
     const bool last = begin + n == result.prompt_tokens;
     const int32_t row = static_cast<int32_t>(n - 1);
-    step(seq.table, prompt.subspan(static_cast<size_t>(begin), static_cast<size_t>(n)),
+    step(seq.seq, prompt.subspan(static_cast<size_t>(begin), static_cast<size_t>(n)), false, last,
          last ? std::span<const int32_t>(&row, 1) : std::span<const int32_t>(), logits.data());
   }
   result.prefill_seconds = seconds_since(t0);
+  double kv_read_sum = 0;
 
   const auto t1 = Clock::now();
   bool stopped = false;
@@ -116,8 +138,10 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
     }
     if (i + 1 == req.max_tokens) break;  // the last token needs no forward pass
     const int32_t row = 0;
-    step(seq.table, std::span<const int32_t>(&token, 1), std::span<const int32_t>(&row, 1), logits.data());
+    step(seq.seq, std::span<const int32_t>(&token, 1), true, true, std::span<const int32_t>(&row, 1), logits.data());
     ++result.decode_steps;
+    if (seq.seq.kv_head_reads)
+      kv_read_sum += static_cast<double>(seq.seq.kv_tokens_read) / static_cast<double>(seq.seq.kv_head_reads);
   }
   if (decoder && !stopped) {
     auto r = stops.push(decoder->flush());
@@ -126,6 +150,8 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
     emit(stops.flush());
   }
   result.decode_seconds = seconds_since(t1);
+  if (result.decode_steps) result.mean_kv_tokens_read = kv_read_sum / static_cast<double>(result.decode_steps);
+  result.kv_bytes = cache_.sequence_bytes(seq.seq);
   return result;
 }
 
@@ -134,18 +160,18 @@ std::vector<float> Generator::score(const std::vector<int32_t>& tokens, int64_t 
   LSERVE_CHECK(prefill_len >= 1 && prefill_len <= n && chunk >= 1);
   const int64_t V = model_.config().vocab_size;
   std::vector<float> out(static_cast<size_t>((n - prefill_len + 1) * V));
-  PageTableGuard seq{cache_, {}};
+  SequenceGuard seq{cache_, {}};
   const auto all = std::span<const int32_t>(tokens);
   for (int64_t begin = 0; begin < prefill_len; begin += chunk) {
     const int64_t len = std::min(chunk, prefill_len - begin);
     const int32_t row = static_cast<int32_t>(len - 1);
     const bool last = begin + len == prefill_len;
-    step(seq.table, all.subspan(static_cast<size_t>(begin), static_cast<size_t>(len)),
+    step(seq.seq, all.subspan(static_cast<size_t>(begin), static_cast<size_t>(len)), false, last,
          last ? std::span<const int32_t>(&row, 1) : std::span<const int32_t>(), out.data());
   }
   for (int64_t i = prefill_len; i < n; ++i) {
     const int32_t row = 0;
-    step(seq.table, all.subspan(static_cast<size_t>(i), 1), std::span<const int32_t>(&row, 1),
+    step(seq.seq, all.subspan(static_cast<size_t>(i), 1), true, true, std::span<const int32_t>(&row, 1),
          out.data() + (i - prefill_len + 1) * V);
   }
   return out;
@@ -156,8 +182,8 @@ std::vector<float> Generator::prefill_logits(const std::vector<int32_t>& tokens)
   std::vector<float> out(tokens.size() * static_cast<size_t>(V));
   std::vector<int32_t> rows(tokens.size());
   for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<int32_t>(i);
-  PageTableGuard seq{cache_, {}};
-  step(seq.table, tokens, rows, out.data());
+  SequenceGuard seq{cache_, {}};
+  step(seq.seq, tokens, false, true, rows, out.data());
   return out;
 }
 

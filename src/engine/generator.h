@@ -13,6 +13,7 @@
 #include "engine/sampler.h"
 #include "kv/kv_cache.h"
 #include "model/llama_model.h"
+#include "sparse/sparsity_config.h"
 
 namespace lserve {
 
@@ -38,12 +39,18 @@ struct GenerationResult {
   double prefill_seconds = 0;
   double decode_seconds = 0;  // from the first sampled token to the last
   int64_t decode_steps = 0;   // forward passes after prefill
+  // Mean over decode steps of the KV tokens each (layer, query head) attended to: the context
+  // length under dense attention, about the budget under page selection.
+  double mean_kv_tokens_read = 0;
+  size_t kv_bytes = 0;  // KV the sequence held at the end (both pools)
 };
 
 class Generator {
  public:
   // prefill_chunk: prompt tokens per forward pass (bounds activation memory on long prompts).
-  Generator(LlamaModel& model, KvCache& cache, const Tokenizer* tokenizer, int64_t prefill_chunk = 2048);
+  // `sparsity` must outlive the generator; its streaming windows must match the cache's pattern.
+  Generator(LlamaModel& model, KvCache& cache, const Tokenizer* tokenizer, int64_t prefill_chunk = 2048,
+            const SparsityConfig* sparsity = nullptr);
 
   // on_text receives each piece of text as it becomes final (may be null). Releases the
   // sequence's pages before returning, also on error.
@@ -57,15 +64,19 @@ class Generator {
   std::vector<float> prefill_logits(const std::vector<int32_t>& tokens);
 
  private:
-  // Appends `tokens` at positions table.num_tokens.. and computes them in one forward pass;
-  // writes logits of the rows in `logit_rows` (relative to the chunk) to `logits`.
-  void step(PageTable& table, std::span<const int32_t> tokens, std::span<const int32_t> logit_rows,
-            float* logits);
+  // Appends `tokens` at positions seq.num_tokens().. and computes them in one forward pass;
+  // writes logits of the rows in `logit_rows` (relative to the chunk) to `logits`. `decoding`:
+  // a decode step (selection, decode windows); `prefill_done`: the next step decodes (so
+  // streaming heads keep only the decode window afterwards).
+  void step(SequenceKv& seq, std::span<const int32_t> tokens, bool decoding, bool prefill_done,
+            std::span<const int32_t> logit_rows, float* logits);
 
   LlamaModel& model_;
   KvCache& cache_;
   const Tokenizer* tokenizer_;
   int64_t prefill_chunk_;
+  SparsityConfig dense_;  // used when no config is given
+  const SparsityConfig* sparsity_;
 };
 
 }  // namespace lserve

@@ -188,7 +188,7 @@ ModelConfig ModelConfig::from_file(const std::filesystem::path& config_json) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail("{}: not valid JSON: {}", config_json.string(), e.what());
   }
   return from_json(j, config_json.string());

@@ -27,7 +27,7 @@ std::map<std::string, SafetensorsEntry> parse_safetensors(const uint8_t* file, s
   json header;
   try {
     header = json::parse(file + 8, file + 8 + header_len);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail("{}: safetensors header is not valid JSON: {}", source, e.what());
   }
   if (!header.is_object()) fail("{}: safetensors header is not a JSON object", source);
@@ -90,7 +90,7 @@ WeightFiles WeightFiles::open(const std::filesystem::path& model_dir) {
     json index;
     try {
       index = json::parse(read_text_file(index_path));
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
       fail("{}: not valid JSON: {}", index_path.string(), e.what());
     }
     auto map = index.find("weight_map");

@@ -33,16 +33,15 @@ bool is_whitespace(uint32_t cp) {
 // connector punctuation, join controls), as the regex crate behind Hugging Face defines it.
 // utf8proc's categories give most of it; these ranges add the alphabetic symbols (circled and
 // squared letters), the join controls, and letters newer than utf8proc's Unicode tables.
-constexpr std::array<std::pair<uint32_t, uint32_t>, 44> kExtraWordChars = {{
-    {0x897, 0x897},     {0x1C89, 0x1C8A},   {0x200C, 0x200D},   {0x24B6, 0x24E9},   {0xA7CB, 0xA7CD},
-    {0xA7DA, 0xA7DC},   {0x105C0, 0x105F3}, {0x10D40, 0x10D65}, {0x10D69, 0x10D6D}, {0x10D6F, 0x10D85},
-    {0x10EC2, 0x10EC4}, {0x10EFC, 0x10EFC}, {0x11380, 0x11389}, {0x1138B, 0x1138B}, {0x1138E, 0x1138E},
-    {0x11390, 0x113B5}, {0x113B7, 0x113C0}, {0x113C2, 0x113C2}, {0x113C5, 0x113C5}, {0x113C7, 0x113CA},
-    {0x113CC, 0x113D3}, {0x113E1, 0x113E2}, {0x116D0, 0x116E3}, {0x11BC0, 0x11BE0}, {0x11BF0, 0x11BF9},
-    {0x11F5A, 0x11F5A}, {0x13460, 0x143FA}, {0x16100, 0x16139}, {0x16D40, 0x16D6C}, {0x16D70, 0x16D79},
-    {0x18CFF, 0x18CFF}, {0x1CCF0, 0x1CCF9}, {0x1E5D0, 0x1E5FA}, {0x1F130, 0x1F149}, {0x1F150, 0x1F169},
-    {0x1F170, 0x1F189}, {0x2EBF0, 0x2EE5D}, {0x1E4D0, 0x1E4F9}, {0x1E030, 0x1E08F}, {0x11F00, 0x11F59},
-    {0x1DF25, 0x1DF2A}, {0x10EFD, 0x10EFF}, {0x31350, 0x323AF}, {0x2B739, 0x2B739},
+constexpr std::array<std::pair<uint32_t, uint32_t>, 37> kExtraWordChars = {{
+    {0x897, 0x897}, {0x1C89, 0x1C8A}, {0x200C, 0x200D}, {0x24B6, 0x24E9}, {0xA7CB, 0xA7CD}, {0xA7DA, 0xA7DC},
+    {0x105C0, 0x105F3}, {0x10D40, 0x10D65}, {0x10D69, 0x10D6D}, {0x10D6F, 0x10D85}, {0x10EC2, 0x10EC4},
+    {0x10EFC, 0x10EFC}, {0x11380, 0x11389}, {0x1138B, 0x1138B}, {0x1138E, 0x1138E}, {0x11390, 0x113B5},
+    {0x113B7, 0x113C0}, {0x113C2, 0x113C2}, {0x113C5, 0x113C5}, {0x113C7, 0x113CA}, {0x113CC, 0x113D3},
+    {0x113E1, 0x113E2}, {0x116D0, 0x116E3}, {0x11BC0, 0x11BE0}, {0x11BF0, 0x11BF9}, {0x11F5A, 0x11F5A},
+    {0x13460, 0x143FA}, {0x16100, 0x16139}, {0x16D40, 0x16D6C}, {0x16D70, 0x16D79}, {0x18CFF, 0x18CFF},
+    {0x1CCF0, 0x1CCF9}, {0x1E5D0, 0x1E5FA}, {0x1F130, 0x1F149}, {0x1F150, 0x1F169}, {0x1F170, 0x1F189},
+    {0x2EBF0, 0x2EE5D},
 }};
 
 bool is_word_char(uint32_t cp) {
@@ -94,13 +93,15 @@ class AddedTokenTrie {
     for (const char c : content) {
       auto& edges = nodes_[static_cast<size_t>(node)].edges;
       const auto b = static_cast<uint8_t>(c);
-      auto it = std::lower_bound(edges.begin(), edges.end(), b, [](const auto& e, uint8_t v) { return e.first < v; });
-      if (it == edges.end() || it->first != b) {
-        const auto child = static_cast<int32_t>(nodes_.size());
-        it = edges.insert(it, {b, child});
+      const auto it =
+          std::lower_bound(edges.begin(), edges.end(), b, [](const auto& e, uint8_t v) { return e.first < v; });
+      if (it != edges.end() && it->first == b) {
+        node = it->second;
+      } else {
+        node = static_cast<int32_t>(nodes_.size());
+        edges.insert(it, {b, node});
         nodes_.emplace_back();  // invalidates `edges`, used no further
       }
-      node = it->second;
     }
     nodes_[static_cast<size_t>(node)].token = token;
     first_bytes_[static_cast<uint8_t>(content.front())] = true;
@@ -145,6 +146,9 @@ struct Section {
 // --- The tokenizer's tables ------------------------------------------------------------------------
 
 struct Tokenizer::Impl {
+  Impl(std::string_view source_name, Normalizer n, PreTokenizer p, BpeModel m)
+      : source(source_name), normalizer(std::move(n)), pre_tokenizer(std::move(p)), model(std::move(m)) {}
+
   std::string source;
   Normalizer normalizer;
   PreTokenizer pre_tokenizer;
@@ -190,7 +194,7 @@ const nlohmann::json* member(const nlohmann::json& object, const char* key) {
 nlohmann::json parse_json(std::string_view text, std::string_view where) {
   try {
     return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     fail("{}: not valid JSON: {}", where, e.what());
   }
 }
@@ -324,12 +328,9 @@ std::shared_ptr<Tokenizer::Impl> build(std::string_view tokenizer_json, std::str
   const nlohmann::json* model = member(root, "model");
   if (!model) fail("{}: \"model\" is missing", where);
 
-  auto impl = std::make_shared<Tokenizer::Impl>(Tokenizer::Impl{
-      .source = std::string(where),
-      .normalizer = Normalizer::from_json(root.value("normalizer", nlohmann::json()), where),
-      .pre_tokenizer = PreTokenizer::from_json(root.value("pre_tokenizer", nlohmann::json()), where),
-      .model = BpeModel::from_json(*model, where),
-  });
+  auto impl = std::make_shared<Tokenizer::Impl>(
+      where, Normalizer::from_json(root.value("normalizer", nlohmann::json()), where),
+      PreTokenizer::from_json(root.value("pre_tokenizer", nlohmann::json()), where), BpeModel::from_json(*model, where));
   if (!impl->pre_tokenizer.ends_with_byte_level())
     fail("{}: the pre_tokenizer has no ByteLevel step; only byte-level BPE tokenizers are supported", where);
   check_decoder(member(root, "decoder"), where);

@@ -7,6 +7,9 @@
 #include <limits>
 #include <vector>
 
+#include "sparse/page_selector.h"
+#include "sparse/sparsity_config.h"
+
 namespace lserve {
 
 namespace {
@@ -15,14 +18,29 @@ constexpr int64_t kQueryTile = 32;       // query tokens per work item in prefil
 constexpr int64_t kSplitTokens = 1024;   // keys per split of a decode tile
 constexpr int32_t kMaxSplitTileLen = 4;  // tiles of at most this many queries are split
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int64_t kNoWindow = std::numeric_limits<int64_t>::max() / 4;
 
-// One unit of work: rows = the group's query heads x the tile's tokens, over pages [p0, p1).
+struct Window {
+  int64_t sink = 0, local = kNoWindow;  // local = kNoWindow: plain causal attention
+};
+
+Window window_for(HeadKind kind, bool decoding, const AttentionBatch& batch) {
+  if (kind != HeadKind::Streaming || !batch.sparsity) return {};
+  const StreamingWindow& w = decoding ? batch.sparsity->decode_window : batch.sparsity->prefill_window;
+  return {w.sink, w.local};
+}
+
+// One unit of work: query heads [head0, head0 + num_heads) of one KV head, query rows
+// [q_begin, q_end), over pages list[0 .. count) of the sequence's table in pool `kind`.
 struct WorkItem {
   int32_t seq;
-  int32_t kv_head;
-  int32_t q_begin, q_end;  // batch rows of the tile
-  int32_t p0, p1;          // page range (indices into the sequence's page list)
-  int32_t partial;         // index of this item's partial state, or -1 if it writes out directly
+  HeadKind kind;
+  int32_t pool_head;
+  int32_t head0, num_heads;
+  int32_t q_begin, q_end;
+  size_t list_offset, list_count;  // into the shared page-list vector
+  Window window;
+  int32_t partial;  // index of this item's partial state, or -1 if it writes out directly
 };
 
 // Softmax state of `rows` query rows: running max, running sum, unnormalized output.
@@ -35,44 +53,48 @@ struct PartialState {
   }
 };
 
+const int32_t* page_table(const AttentionBatch& batch, HeadKind kind, int32_t b) {
+  return kind == HeadKind::Retrieval ? batch.page_indices.data() + batch.page_indptr[b]
+                                     : batch.streaming_page_indices.data() + batch.streaming_page_indptr[b];
+}
+
 // Runs one work item into `st` (rows ordered head-major: row = g * tile_len + i).
-void run_item(const CpuAttentionArgs& a, const AttentionBatch& batch, const WorkItem& w, PartialState& st,
-              std::vector<float>& kt, std::vector<float>& scores, std::vector<float>& qbuf) {
-  const int64_t D = a.head_dim, P = a.page_size, G = a.num_heads / a.num_kv_heads;
+void run_item(const CpuAttentionArgs& a, const AttentionBatch& batch, const WorkItem& w,
+              const std::vector<int32_t>& lists, PartialState& st, std::vector<float>& kt, std::vector<float>& scores,
+              std::vector<float>& qbuf) {
+  const int64_t D = a.head_dim, P = a.page_size;
   const int64_t tile_len = w.q_end - w.q_begin;
-  const int64_t rows = G * tile_len;
+  const int64_t rows = w.num_heads * tile_len;
   const int32_t seq_len = batch.seq_lens[w.seq];
-  const int32_t first_pos = seq_len - batch.query_len(w.seq) + (w.q_begin - batch.query_start[w.seq]);
-  const int32_t* pages = batch.page_indices.data() + batch.page_indptr[w.seq];
+  const int64_t first_pos = seq_len - batch.query_len(w.seq) + (w.q_begin - batch.query_start[w.seq]);
+  const int32_t* table = page_table(batch, w.kind, w.seq);
+  const int k = static_cast<int>(w.kind);
+  const int64_t pool_heads = a.pool_heads[k];
 
   st.reset(rows, D);
-  // Gather the tile's queries, pre-scaled, row-major [rows, D].
-  qbuf.resize(static_cast<size_t>(rows * D));
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t head = w.kv_head * G + g;
+  qbuf.resize(static_cast<size_t>(rows * D));  // the tile's queries, pre-scaled, [rows, D]
+  for (int64_t g = 0; g < w.num_heads; ++g)
     for (int64_t i = 0; i < tile_len; ++i) {
-      const float* src = a.q + ((w.q_begin + i) * a.num_heads + head) * D;
+      const float* src = a.q + ((w.q_begin + i) * a.num_heads + w.head0 + g) * D;
       float* dst = qbuf.data() + (g * tile_len + i) * D;
       for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * a.scale;
     }
-  }
   kt.resize(static_cast<size_t>(D * P));
   scores.resize(static_cast<size_t>(rows * P));
 
-  for (int32_t pi = w.p0; pi < w.p1; ++pi) {
-    const int64_t page_first = static_cast<int64_t>(pi) * P;
+  for (size_t li = 0; li < w.list_count; ++li) {
+    const int64_t pi = lists[w.list_offset + li];
+    const int64_t page_first = pi * P;
     const int64_t valid = std::min<int64_t>(P, seq_len - page_first);  // keys present in this page
-    const float* kp = a.k_pages + ((static_cast<int64_t>(pages[pi]) * a.num_kv_heads + w.kv_head) * P) * D;
-    const float* vp = a.v_pages + ((static_cast<int64_t>(pages[pi]) * a.num_kv_heads + w.kv_head) * P) * D;
-    // K^T of the page, so scores vectorize across keys.
-    for (int64_t j = 0; j < valid; ++j)
+    const int64_t page = table[pi];
+    const float* kp = a.k[k] + ((page * pool_heads + w.pool_head) * P) * D;
+    const float* vp = a.v[k] + ((page * pool_heads + w.pool_head) * P) * D;
+    for (int64_t j = 0; j < valid; ++j)  // K^T of the page, so scores vectorize across keys
       for (int64_t d = 0; d < D; ++d) kt[d * P + j] = kp[j * D + d];
 
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t i = r % tile_len;
-      const int64_t qpos = first_pos + i;
-      // Keys at positions > qpos are in the future: causal mask by shortening the row.
-      const int64_t n = std::clamp<int64_t>(qpos - page_first + 1, 0, valid);
+      const int64_t qpos = first_pos + r % tile_len;
+      const int64_t n = std::clamp<int64_t>(qpos - page_first + 1, 0, valid);  // causal end
       if (n <= 0) continue;
       float* s = scores.data() + r * P;
       const float* q = qbuf.data() + r * D;
@@ -83,8 +105,17 @@ void run_item(const CpuAttentionArgs& a, const AttentionBatch& batch, const Work
 #pragma omp simd
         for (int64_t j = 0; j < n; ++j) s[j] += qd * kd[j];
       }
+      // Lambda mask: keys past the sink and before the local band are invisible.
+      const int64_t band_lo = qpos - w.window.local + 1;
+      if (page_first + n > w.window.sink && page_first < band_lo) {
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t pos = page_first + j;
+          if (pos >= w.window.sink && pos < band_lo) s[j] = kNegInf;
+        }
+      }
       float mx = st.m[r];
       for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j]);
+      if (mx == kNegInf) continue;  // nothing visible to this row in this page
       const float correction = std::exp(st.m[r] - mx);  // exp(-inf) = 0 on the first page
       float sum = 0.0f;
       for (int64_t j = 0; j < n; ++j) {
@@ -98,29 +129,27 @@ void run_item(const CpuAttentionArgs& a, const AttentionBatch& batch, const Work
       for (int64_t d = 0; d < D; ++d) o[d] *= correction;
       for (int64_t j = 0; j < n; ++j) {
         const float p = s[j];
-        const float* v = vp + j * D;
+        if (p == 0.0f) continue;
+        const float* vv = vp + j * D;
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) o[d] += p * v[d];
+        for (int64_t d = 0; d < D; ++d) o[d] += p * vv[d];
       }
     }
   }
 }
 
 void write_out(const CpuAttentionArgs& a, const WorkItem& w, const PartialState& st) {
-  const int64_t D = a.head_dim, G = a.num_heads / a.num_kv_heads;
-  const int64_t tile_len = w.q_end - w.q_begin;
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t head = w.kv_head * G + g;
+  const int64_t D = a.head_dim, tile_len = w.q_end - w.q_begin;
+  for (int64_t g = 0; g < w.num_heads; ++g)
     for (int64_t i = 0; i < tile_len; ++i) {
       const int64_t r = g * tile_len + i;
-      float* dst = a.out + ((w.q_begin + i) * a.num_heads + head) * D;
+      float* dst = a.out + ((w.q_begin + i) * a.num_heads + w.head0 + g) * D;
       const float inv = st.l[r] > 0 ? 1.0f / st.l[r] : 0.0f;
-      for (int64_t d = 0; d < D; ++d) dst[d] = st.o[r * D + d] * inv;
+      for (int64_t d = 0; d < D; ++d) dst[d] = st.o[static_cast<size_t>(r * D + d)] * inv;
     }
-  }
 }
 
-// Merges the partial states of one tile's splits into the first.
+// Merges a split's partial state into the accumulator.
 void merge_into(PartialState& acc, const PartialState& part, int64_t head_dim) {
   for (size_t r = 0; r < acc.m.size(); ++r) {
     if (part.l[r] == 0.0f) continue;
@@ -135,40 +164,206 @@ void merge_into(PartialState& acc, const PartialState& part, int64_t head_dim) {
   }
 }
 
+// ---- page selection (retrieval heads of decoding sequences) ----
+
+int64_t selection_units(const CpuAttentionArgs& a, const AttentionBatch& batch) {
+  return batch.sparsity->granularity == SelectionGranularity::KvHead ? a.num_kv_heads : a.num_heads;
+}
+
+bool uses_selection(const AttentionBatch& batch, int32_t b) {
+  return batch.sparsity && batch.sparsity->selects_pages() && batch.decoding[static_cast<size_t>(b)] &&
+         batch.sequences[static_cast<size_t>(b)] != nullptr;
+}
+
+// Fixed budgets leave short contexts dense; PSA always ranks.
+bool context_needs_selection(const SparsityConfig& s, int64_t seq_len) {
+  return s.policy == AttentionPolicy::Psa ? seq_len > 2 * s.page_size : seq_len > s.token_budget;
+}
+
+void run_selection(const CpuAttentionArgs& a, const AttentionBatch& batch) {
+  struct Job {
+    int32_t seq, unit, kv_head, head0, num_heads;
+  };
+  std::vector<Job> jobs;
+  for (int32_t b = 0; b < batch.num_seqs(); ++b) {
+    if (!uses_selection(batch, b)) continue;
+    SequenceKv& seq = *batch.sequences[static_cast<size_t>(b)];
+    const SparsityConfig& s = *batch.sparsity;
+    const int64_t units = selection_units(a, batch);
+    if (seq.selections.size() < static_cast<size_t>((a.layer + 1) * units))
+      seq.selections.resize(static_cast<size_t>((a.layer + 1) * units));
+    if (!context_needs_selection(s, batch.seq_lens[b])) continue;
+    const int64_t G = a.num_heads / a.num_kv_heads;
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t kvh = s.granularity == SelectionGranularity::KvHead ? u : u / G;
+      if (a.slots[kvh].kind != HeadKind::Retrieval) continue;
+      const PageSelection& sel = seq.selections[static_cast<size_t>(a.layer * units + u)];
+      if (sel.decode_step >= 0 && seq.decode_steps - sel.decode_step < s.selector_interval) continue;  // reuse
+      const bool per_kv = s.granularity == SelectionGranularity::KvHead;
+      jobs.push_back({b, static_cast<int32_t>(u), static_cast<int32_t>(kvh), static_cast<int32_t>(per_kv ? kvh * G : u),
+                      static_cast<int32_t>(per_kv ? G : 1)});
+    }
+  }
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const Job& j = jobs[i];
+    const SparsityConfig& s = *batch.sparsity;
+    SequenceKv& seq = *batch.sequences[static_cast<size_t>(j.seq)];
+    const int32_t seq_len = batch.seq_lens[j.seq];
+    const int64_t num_pages = (seq_len + a.page_size - 1) / a.page_size;
+    const int32_t row = batch.query_start[j.seq];  // the sequence's one decode query
+    SelectorInputs in{a.q + (row * a.num_heads + j.head0) * a.head_dim,
+                      j.num_heads,
+                      a.head_dim,
+                      a.key_min,
+                      a.key_max,
+                      a.pool_heads[0],
+                      a.slots[j.kv_head].index,
+                      std::span<const int32_t>(page_table(batch, HeadKind::Retrieval, j.seq), static_cast<size_t>(num_pages)),
+                      seq_len,
+                      a.page_size,
+                      a.logical_page_size,
+                      a.scale};
+    const auto mass = page_mass(score_pages(in), a.scale);
+    BudgetRule rule;
+    if (s.policy == AttentionPolicy::Psa) {
+      rule = {s.psa_max_budget / a.page_size, s.psa_min_budget / a.page_size, s.psa_mass};
+    } else {
+      rule = {s.token_budget / a.page_size, 0, 0.0};
+    }
+    const int64_t units = selection_units(a, batch);
+    PageSelection& sel = seq.selections[static_cast<size_t>(a.layer * units + j.unit)];
+    sel.pages = pick_pages(mass, rule);
+    sel.decode_step = seq.decode_steps;
+    sel.num_pages_then = num_pages;
+  }
+}
+
+// ---- work list ----
+
+// Pages of the sequence a query tile [first_pos, last_pos] must visit, given the head's kind.
+void append_page_list(const CpuAttentionArgs& a, const AttentionBatch& batch, int32_t b, HeadKind kind,
+                      const Window& win, const PageSelection* sel, int64_t first_pos, int64_t last_pos,
+                      std::vector<int32_t>& out) {
+  const int64_t P = a.page_size;
+  const int64_t last_page = last_pos / P;
+  if (sel && sel->decode_step >= 0) {
+    for (int32_t p : sel->pages)
+      if (p <= last_page) out.push_back(p);
+    for (int64_t p = std::max<int64_t>(sel->num_pages_then, 0); p <= last_page; ++p)
+      if (sel->pages.empty() || p > sel->pages.back()) out.push_back(static_cast<int32_t>(p));
+    return;
+  }
+  if (kind == HeadKind::Streaming) {
+    const int64_t sink_pages = (win.sink + P - 1) / P;
+    const int64_t band_first = std::max<int64_t>(0, first_pos - win.local + 1) / P;
+    for (int64_t p = 0; p <= last_page; ++p)
+      if (p < sink_pages || p >= band_first) out.push_back(static_cast<int32_t>(p));
+    (void)batch;
+    return;
+  }
+  for (int64_t p = 0; p <= last_page; ++p) out.push_back(static_cast<int32_t>(p));
+}
+
+// Keys visible to one query at `qpos` among the listed pages (for the statistics).
+int64_t visible_keys(const std::vector<int32_t>& lists, size_t offset, size_t count, int64_t qpos, const Window& w,
+                     int64_t P) {
+  int64_t n = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const int64_t first = lists[offset + i] * P, last = std::min(first + P - 1, qpos);
+    if (last < first) continue;
+    const int64_t band_lo = qpos - w.local + 1;
+    for (int64_t pos = first; pos <= last; ++pos) n += pos < w.sink || pos >= band_lo;
+  }
+  return n;
+}
+
 }  // namespace
 
+CpuAttentionArgs dense_attention_args(const float* q, const float* k, const float* v, float* out, int64_t num_heads,
+                                      int64_t num_kv_heads, int64_t head_dim, int64_t page_size, float scale,
+                                      std::vector<HeadSlot>& slots) {
+  slots.clear();
+  for (int64_t h = 0; h < num_kv_heads; ++h) slots.push_back({HeadKind::Retrieval, static_cast<int32_t>(h)});
+  CpuAttentionArgs a{};
+  a.q = q;
+  a.out = out;
+  a.num_heads = num_heads;
+  a.num_kv_heads = num_kv_heads;
+  a.head_dim = head_dim;
+  a.page_size = page_size;
+  a.scale = scale;
+  a.k[0] = k;
+  a.v[0] = v;
+  a.pool_heads[0] = num_kv_heads;
+  a.slots = slots.data();
+  return a;
+}
+
+bool key_visible(HeadKind kind, int64_t query, int64_t key, bool decoding, const AttentionBatch& batch) {
+  if (key > query || key < 0) return false;
+  const Window w = window_for(kind, decoding, batch);
+  return key < w.sink || key >= query - w.local + 1;
+}
+
 void cpu_paged_attention(const CpuAttentionArgs& a, const AttentionBatch& batch) {
-  // Work list: tiles of each sequence's queries for each KV head. Tiles of a few queries
-  // (decode) are split along their pages in fixed chunks, so a long context keeps every core
-  // busy. The split depends only on the sequence itself, never on the rest of the batch or the
-  // thread count: a request gets bit-identical attention whatever it is batched with.
+  if (batch.sparsity && batch.sparsity->selects_pages()) run_selection(a, batch);
+
+  const int64_t G = a.num_heads / a.num_kv_heads;
   std::vector<WorkItem> items;
   std::vector<std::vector<int32_t>> groups;  // items that share one output tile
+  std::vector<int32_t> lists;
   for (int32_t b = 0; b < batch.num_seqs(); ++b) {
     const int32_t qlen = batch.query_len(b);
+    const bool decoding = !batch.decoding.empty() && batch.decoding[static_cast<size_t>(b)];
+    SequenceKv* seq = batch.sequences.empty() ? nullptr : batch.sequences[static_cast<size_t>(b)];
+    const bool selecting = uses_selection(batch, b) && context_needs_selection(*batch.sparsity, batch.seq_lens[b]);
+    const bool per_query_head = selecting && batch.sparsity->granularity == SelectionGranularity::QueryHead;
     for (int32_t kvh = 0; kvh < a.num_kv_heads; ++kvh) {
-      for (int32_t t0 = 0; t0 < qlen; t0 += kQueryTile) {
-        const int32_t t1 = std::min<int32_t>(qlen, t0 + kQueryTile);
-        const int32_t q_begin = batch.query_start[b] + t0, q_end = batch.query_start[b] + t1;
-        // Pages up to the one holding the tile's last query position.
-        const int32_t last_pos = batch.seq_lens[b] - qlen + t1 - 1;
-        const int32_t visible = last_pos / static_cast<int32_t>(a.page_size) + 1;
-        const int32_t chunk = std::max<int32_t>(1, static_cast<int32_t>(kSplitTokens / a.page_size));
-        const int32_t splits = t1 - t0 <= kMaxSplitTileLen ? (visible + chunk - 1) / chunk : 1;
-        if (splits == 1) {
-          items.push_back({b, kvh, q_begin, q_end, 0, visible, -1});
-        } else {
+      const HeadSlot slot = a.slots[kvh];
+      const Window win = window_for(slot.kind, decoding, batch);
+      // Retrieval heads under selection with one selection per query head get one item each.
+      const bool split_heads = per_query_head && slot.kind == HeadKind::Retrieval;
+      for (int32_t hs = 0; hs < (split_heads ? G : 1); ++hs) {
+        const int32_t head0 = static_cast<int32_t>(kvh * G + hs), nheads = split_heads ? 1 : static_cast<int32_t>(G);
+        const PageSelection* sel = nullptr;
+        if (selecting && slot.kind == HeadKind::Retrieval) {
+          const int64_t unit = split_heads ? head0 : kvh;
+          sel = &seq->selections[static_cast<size_t>(a.layer * selection_units(a, batch) + unit)];
+        }
+        for (int32_t t0 = 0; t0 < qlen; t0 += kQueryTile) {
+          const int32_t t1 = std::min<int32_t>(qlen, t0 + static_cast<int32_t>(kQueryTile));
+          const int32_t q_begin = batch.query_start[b] + t0, q_end = batch.query_start[b] + t1;
+          const int64_t first_pos = batch.seq_lens[b] - qlen + t0, last_pos = batch.seq_lens[b] - qlen + t1 - 1;
+          const size_t offset = lists.size();
+          append_page_list(a, batch, b, slot.kind, win, sel, first_pos, last_pos, lists);
+          const size_t count = lists.size() - offset;
+          if (seq && qlen == 1) {
+            seq->kv_tokens_read += nheads * visible_keys(lists, offset, count, last_pos, win, a.page_size);
+            seq->kv_head_reads += nheads;
+          }
+          const size_t chunk = static_cast<size_t>(std::max<int64_t>(1, kSplitTokens / a.page_size));
+          const size_t splits = t1 - t0 <= kMaxSplitTileLen ? std::max<size_t>(1, (count + chunk - 1) / chunk) : 1;
+          const WorkItem base{b, slot.kind, slot.index, head0, nheads, q_begin, q_end, offset, count, win, -1};
+          if (splits == 1) {
+            items.push_back(base);
+            continue;
+          }
           std::vector<int32_t> group;
-          for (int32_t s = 0; s < splits; ++s) {
-            const int32_t p0 = s * chunk, p1 = std::min(visible, (s + 1) * chunk);
-            group.push_back(static_cast<int32_t>(items.size()));
-            items.push_back({b, kvh, q_begin, q_end, p0, p1, static_cast<int32_t>(items.size())});
+          for (size_t s = 0; s < splits; ++s) {
+            WorkItem w = base;
+            w.list_offset = offset + s * chunk;
+            w.list_count = std::min(chunk, count - s * chunk);
+            w.partial = static_cast<int32_t>(items.size());
+            group.push_back(w.partial);
+            items.push_back(w);
           }
           groups.push_back(std::move(group));
         }
       }
     }
   }
+
   std::vector<PartialState> partials(items.size());
 #pragma omp parallel
   {
@@ -178,10 +373,10 @@ void cpu_paged_attention(const CpuAttentionArgs& a, const AttentionBatch& batch)
     for (size_t i = 0; i < items.size(); ++i) {
       const WorkItem& w = items[i];
       if (w.partial < 0) {
-        run_item(a, batch, w, local, kt, scores, qbuf);
+        run_item(a, batch, w, lists, local, kt, scores, qbuf);
         write_out(a, w, local);
       } else {
-        run_item(a, batch, w, partials[i], kt, scores, qbuf);
+        run_item(a, batch, w, lists, partials[i], kt, scores, qbuf);
       }
     }
 #pragma omp for schedule(static)
@@ -197,29 +392,54 @@ void cpu_paged_attention(const CpuAttentionArgs& a, const AttentionBatch& batch)
 void reference_paged_attention(const CpuAttentionArgs& a, const AttentionBatch& batch) {
   const int64_t D = a.head_dim, P = a.page_size, G = a.num_heads / a.num_kv_heads;
   for (int32_t b = 0; b < batch.num_seqs(); ++b) {
-    const int32_t* pages = batch.page_indices.data() + batch.page_indptr[b];
+    const bool decoding = !batch.decoding.empty() && batch.decoding[static_cast<size_t>(b)];
+    const SequenceKv* seq = batch.sequences.empty() ? nullptr : batch.sequences[static_cast<size_t>(b)];
     const int32_t seq_len = batch.seq_lens[b];
     for (int32_t t = batch.query_start[b]; t < batch.query_start[b + 1]; ++t) {
-      const int32_t qpos = seq_len - batch.query_len(b) + (t - batch.query_start[b]);
+      const int64_t qpos = seq_len - batch.query_len(b) + (t - batch.query_start[b]);
       for (int64_t h = 0; h < a.num_heads; ++h) {
         const int64_t kvh = h / G;
+        const HeadSlot slot = a.slots[kvh];
+        const int k = static_cast<int>(slot.kind);
+        const int32_t* table = page_table(batch, slot.kind, b);
+        // The explicit mask: causal + Lambda window, then (selection) only the selected pages.
+        std::vector<char> visible(static_cast<size_t>(qpos + 1));
+        for (int64_t pos = 0; pos <= qpos; ++pos) visible[static_cast<size_t>(pos)] = key_visible(slot.kind, qpos, pos, decoding, batch);
+        if (seq && slot.kind == HeadKind::Retrieval && batch.sparsity && batch.sparsity->selects_pages() && decoding &&
+            !seq->selections.empty()) {
+          const int64_t units = selection_units(a, batch);
+          const int64_t unit = batch.sparsity->granularity == SelectionGranularity::KvHead ? kvh : h;
+          const size_t idx = static_cast<size_t>(a.layer * units + unit);
+          if (idx < seq->selections.size() && seq->selections[idx].decode_step >= 0) {
+            const PageSelection& sel = seq->selections[idx];
+            for (int64_t pos = 0; pos <= qpos; ++pos) {
+              const int64_t page = pos / P;
+              const bool chosen = std::binary_search(sel.pages.begin(), sel.pages.end(), static_cast<int32_t>(page)) ||
+                                  page >= sel.num_pages_then;
+              if (!chosen) visible[static_cast<size_t>(pos)] = 0;
+            }
+          }
+        }
         const float* q = a.q + (t * a.num_heads + h) * D;
-        std::vector<double> s(static_cast<size_t>(qpos + 1));
+        std::vector<double> s(static_cast<size_t>(qpos + 1), 0.0);
         double mx = -1e300;
-        for (int32_t pos = 0; pos <= qpos; ++pos) {
-          const float* k = a.k_pages + ((pages[pos / P] * a.num_kv_heads + kvh) * P + pos % P) * D;
+        for (int64_t pos = 0; pos <= qpos; ++pos) {
+          if (!visible[static_cast<size_t>(pos)]) continue;
+          const float* key = a.k[k] + ((table[pos / P] * a.pool_heads[k] + slot.index) * P + pos % P) * D;
           double dot = 0;
-          for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(q[d]) * k[d];
+          for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(q[d]) * key[d];
           s[static_cast<size_t>(pos)] = dot * a.scale;
           mx = std::max(mx, s[static_cast<size_t>(pos)]);
         }
         double sum = 0;
-        for (auto& v : s) sum += (v = std::exp(v - mx));
+        for (int64_t pos = 0; pos <= qpos; ++pos)
+          if (visible[static_cast<size_t>(pos)]) sum += (s[static_cast<size_t>(pos)] = std::exp(s[static_cast<size_t>(pos)] - mx));
         float* o = a.out + (t * a.num_heads + h) * D;
         for (int64_t d = 0; d < D; ++d) {
           double acc = 0;
-          for (int32_t pos = 0; pos <= qpos; ++pos) {
-            const float* v = a.v_pages + ((pages[pos / P] * a.num_kv_heads + kvh) * P + pos % P) * D;
+          for (int64_t pos = 0; pos <= qpos; ++pos) {
+            if (!visible[static_cast<size_t>(pos)]) continue;
+            const float* v = a.v[k] + ((table[pos / P] * a.pool_heads[k] + slot.index) * P + pos % P) * D;
             acc += s[static_cast<size_t>(pos)] * v[d];
           }
           o[d] = static_cast<float>(acc / sum);

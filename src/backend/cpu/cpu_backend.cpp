@@ -12,6 +12,7 @@
 #include "backend/cpu/cpu_attention.h"
 #include "backend/cpu/cpu_linear.h"
 #include "kv/kv_cache.h"
+#include "sparse/sparsity_config.h"
 
 namespace lserve {
 
@@ -150,34 +151,74 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // Writes each new token's k and v into the pool of its head's kind; for retrieval heads, also
+  // folds the key into its logical page's per-channel min/max (the first token of a logical
+  // page resets them, so a reused page never mixes in stale keys). Parallel over heads, tokens
+  // in order within a head: a logical page's reset and updates never race.
   void kv_append(KvCache& cache, int64_t layer, const Tensor& k, const Tensor& v,
                  const AttentionBatch& batch) override {
-    const Tensor kp = cache.k_pages(layer), vp = cache.v_pages(layer);
     const int64_t Hk = cache.num_kv_heads(), D = cache.head_dim(), P = cache.page_size();
+    const int64_t LP = cache.logical_page_size();
+    const bool summaries = LP > 0 && cache.heads_in_pool(HeadKind::Retrieval, layer) > 0;
+    const Tensor kp[2] = {cache.k_pages(layer, HeadKind::Retrieval), cache.k_pages(layer, HeadKind::Streaming)};
+    const Tensor vp[2] = {cache.v_pages(layer, HeadKind::Retrieval), cache.v_pages(layer, HeadKind::Streaming)};
+    float* kmin = summaries ? cache.key_min(layer).as<float>() : nullptr;
+    float* kmax = summaries ? cache.key_max(layer).as<float>() : nullptr;
     const int64_t T = k.dim(0);
 #pragma omp parallel for schedule(static) if (T > 16)
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t slot = batch.slot_mapping[static_cast<size_t>(t)];
-      const int64_t page = slot / P, off = slot % P;
-      for (int64_t h = 0; h < Hk; ++h) {
-        const size_t dst = static_cast<size_t>(((page * Hk + h) * P + off) * D);
-        std::memcpy(kp.as<float>() + dst, k.as<float>() + (t * Hk + h) * D, static_cast<size_t>(D) * sizeof(float));
-        std::memcpy(vp.as<float>() + dst, v.as<float>() + (t * Hk + h) * D, static_cast<size_t>(D) * sizeof(float));
+    for (int64_t h = 0; h < Hk; ++h) {
+      for (int64_t t = 0; t < T; ++t) {
+        const HeadSlot slot = cache.slot(layer, h);
+        const int kind = static_cast<int>(slot.kind);
+        const int64_t slot_id = slot.kind == HeadKind::Retrieval ? batch.slot_mapping[static_cast<size_t>(t)]
+                                                                 : batch.streaming_slot_mapping[static_cast<size_t>(t)];
+        const int64_t page = slot_id / P, off = slot_id % P, heads = kp[kind].dim(1);
+        const size_t dst = static_cast<size_t>(((page * heads + slot.index) * P + off) * D);
+        const float* ksrc = k.as<float>() + (t * Hk + h) * D;
+        std::memcpy(kp[kind].as<float>() + dst, ksrc, static_cast<size_t>(D) * sizeof(float));
+        std::memcpy(vp[kind].as<float>() + dst, v.as<float>() + (t * Hk + h) * D, static_cast<size_t>(D) * sizeof(float));
+        if (slot.kind == HeadKind::Retrieval && summaries) {
+          const size_t s = static_cast<size_t>(((page * heads + slot.index) * (P / LP) + off / LP) * D);
+          if (off % LP == 0) {
+            std::memcpy(kmin + s, ksrc, static_cast<size_t>(D) * sizeof(float));
+            std::memcpy(kmax + s, ksrc, static_cast<size_t>(D) * sizeof(float));
+          } else {
+            for (int64_t d = 0; d < D; ++d) {
+              kmin[s + static_cast<size_t>(d)] = std::min(kmin[s + static_cast<size_t>(d)], ksrc[d]);
+              kmax[s + static_cast<size_t>(d)] = std::max(kmax[s + static_cast<size_t>(d)], ksrc[d]);
+            }
+          }
+        }
       }
     }
   }
 
   void attention(const KvCache& cache, int64_t layer, const Tensor& q, const AttentionBatch& batch, float scale,
                  Tensor out) override {
-    CpuAttentionArgs args{q.as<float>(),
-                          cache.k_pages(layer).as<float>(),
-                          cache.v_pages(layer).as<float>(),
-                          out.as<float>(),
-                          q.dim(1) / cache.head_dim(),
-                          cache.num_kv_heads(),
-                          cache.head_dim(),
-                          cache.page_size(),
-                          scale};
+    const bool summaries = cache.logical_page_size() > 0 && cache.heads_in_pool(HeadKind::Retrieval, layer) > 0;
+    std::vector<HeadSlot> slots(static_cast<size_t>(cache.num_kv_heads()));
+    for (int64_t h = 0; h < cache.num_kv_heads(); ++h) slots[static_cast<size_t>(h)] = cache.slot(layer, h);
+    CpuAttentionArgs args{};
+    args.q = q.as<float>();
+    args.out = out.as<float>();
+    args.num_heads = q.dim(1) / cache.head_dim();
+    args.num_kv_heads = cache.num_kv_heads();
+    args.head_dim = cache.head_dim();
+    args.page_size = cache.page_size();
+    args.scale = scale;
+    for (HeadKind kind : {HeadKind::Retrieval, HeadKind::Streaming}) {
+      const int i = static_cast<int>(kind);
+      args.k[i] = cache.k_pages(layer, kind).as<float>();
+      args.v[i] = cache.v_pages(layer, kind).as<float>();
+      args.pool_heads[i] = cache.heads_in_pool(kind, layer);
+    }
+    args.slots = slots.data();
+    args.key_min = summaries ? cache.key_min(layer).as<float>() : nullptr;
+    args.key_max = summaries ? cache.key_max(layer).as<float>() : nullptr;
+    args.logical_page_size = cache.logical_page_size();
+    args.layer = layer;
+    if (batch.sparsity && batch.sparsity->selects_pages() && !summaries && cache.heads_in_pool(HeadKind::Retrieval, layer) > 0)
+      fail("page selection needs a KV cache with key summaries (logical page size > 0)");
     cpu_paged_attention(args, batch);
   }
 
