@@ -63,7 +63,10 @@ void Generator::step(SequenceKv& seq, std::span<const int32_t> tokens, bool deco
     const int64_t pos = start + i;
     const auto page = static_cast<size_t>(pos / P);
     batch.positions.push_back(static_cast<int32_t>(pos));
-    batch.slot_mapping.push_back(static_cast<int64_t>(seq.retrieval.pages[page]) * P + pos % P);
+    // With every KV head streaming there is no retrieval pool, so no retrieval pages: no slot.
+    batch.slot_mapping.push_back(page < seq.retrieval.pages.size()
+                                     ? static_cast<int64_t>(seq.retrieval.pages[page]) * P + pos % P
+                                     : int64_t{-1});
     if (streaming) batch.streaming_slot_mapping.push_back(static_cast<int64_t>(seq.streaming.pages[page]) * P + pos % P);
   }
   batch.sparsity = sparsity_;
@@ -72,8 +75,14 @@ void Generator::step(SequenceKv& seq, std::span<const int32_t> tokens, bool deco
   seq.kv_tokens_read = seq.kv_head_reads = 0;
   model_.forward(tokens, batch, cache_, logit_rows, logits);
   if (decoding) ++seq.decode_steps;
-  if (streaming)
-    cache_.trim_streaming(seq, start + n, prefill_done ? sparsity_->decode_window : sparsity_->prefill_window);
+  if (streaming) {
+    // Until the prefill is done, keep what either window can still reach: the decode window may
+    // reach further back than the prefill window, and its pages must not be released early.
+    const StreamingWindow& pw = sparsity_->prefill_window;
+    const StreamingWindow& dw = sparsity_->decode_window;
+    const StreamingWindow keep = prefill_done ? dw : StreamingWindow{std::max(pw.sink, dw.sink), std::max(pw.local, dw.local)};
+    cache_.trim_streaming(seq, start + n, keep);
+  }
 }
 
 GenerationResult Generator::run(const GenerationRequest& req, const std::function<void(std::string_view)>& on_text) {

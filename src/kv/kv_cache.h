@@ -80,7 +80,7 @@ struct SequenceKv {
   int64_t live_streaming_pages = 0;        // streaming pages held now (not released)
   // Statistics of the last forward step, summed over layers and KV heads.
   int64_t kv_tokens_read = 0;
-  int64_t kv_head_reads = 0;  // (layer, KV head) pairs that contributed
+  int64_t kv_head_reads = 0;  // (layer, query head) pairs that contributed
   int64_t num_tokens() const { return retrieval.num_tokens; }
 };
 

@@ -79,6 +79,8 @@ HeadPattern HeadPattern::load(const std::filesystem::path& path, const HeadRule&
       double v;
       std::string extra;
       if (!(words >> v) || (words >> extra)) fail("{}:{}: '{}' needs one number", src, line_no, first);
+      if (rule.threshold || rule.streaming_ratio)
+        fail("{}:{}: a second rule line ('{}'); a file has at most one", src, line_no, first);
       (first == "threshold" ? rule.threshold : rule.streaming_ratio) = v;
       continue;
     }
@@ -94,6 +96,8 @@ HeadPattern HeadPattern::load(const std::filesystem::path& path, const HeadRule&
       if (v < lo || v > hi) fail("{}:{}: score {} is outside [0, 1]", src, line_no, v);
       row.push_back(std::clamp(v, 0.0, 1.0));
     }
+    if (!scores.empty() && row.size() != scores[0].size())
+      fail("{}:{}: {} scores, the first row has {}", src, line_no, row.size(), scores[0].size());
     scores.push_back(std::move(row));
   }
   if (override_rule.streaming_ratio || override_rule.threshold) rule = override_rule;
@@ -145,7 +149,7 @@ std::string HeadPattern::to_text() const {
   if (rule_.streaming_ratio) out += fmt::format("streaming_ratio {}\n", *rule_.streaming_ratio);
   else if (rule_.threshold) out += fmt::format("threshold {}\n", *rule_.threshold);
   for (const auto& row : scores_) {
-    for (size_t h = 0; h < row.size(); ++h) out += fmt::format("{}{:.6f}", h ? " " : "", row[h]);
+    for (size_t h = 0; h < row.size(); ++h) out += fmt::format("{}{}", h ? " " : "", row[h]);  // shortest exact form
     out += '\n';
   }
   return out;

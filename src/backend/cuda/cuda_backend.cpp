@@ -17,6 +17,7 @@
 #include "backend/cuda/cuda_staging.h"
 #include "backend/cuda/kernels.h"
 #include "kv/kv_cache.h"
+#include "sparse/sparsity_config.h"
 
 namespace lserve {
 
@@ -254,6 +255,7 @@ class CudaBackend final : public Backend {
     expect_bf16(q, "attention q");
     expect_bf16(out, "attention output");
     expect_kv_cache(cache);
+    expect_dense(batch);
     ensure_step(batch);
     const int64_t D = cache.head_dim(), Hk = cache.num_kv_heads(), H = q.dim(1) / D;
     LSERVE_CHECK(H % Hk == 0 && q.dim(0) == batch.num_tokens(), "attention: {} heads over {} KV heads, {} rows", H, Hk,
@@ -292,6 +294,14 @@ class CudaBackend final : public Backend {
   void expect_kv_cache(const KvCache& cache) const {
     LSERVE_CHECK(cache.dtype() == DType::BF16 && cache.k_pages(0).device == Device::Cuda,
                  "the KV cache must be bf16 on the GPU (made with this backend)");
+    // The GPU kernels so far are the dense ones: every KV head in the retrieval pool, in order.
+    if (cache.has_streaming_heads())
+      fail("streaming heads are not yet supported by the CUDA backend (use --attention dense, or --device cpu)");
+  }
+
+  static void expect_dense(const AttentionBatch& batch) {
+    if (batch.sparsity && batch.sparsity->selects_pages())
+      fail("page selection is not yet supported by the CUDA backend (use --attention dense, or --device cpu)");
   }
 
   // kv_append and attention read the batch copied by begin_step; a caller that skipped it (or
