@@ -242,8 +242,7 @@ void run_selection(const CpuAttentionArgs& a, const AttentionBatch& batch) {
 // ---- work list ----
 
 // Pages of the sequence a query tile [first_pos, last_pos] must visit, given the head's kind.
-void append_page_list(const CpuAttentionArgs& a, const AttentionBatch& batch, int32_t b, HeadKind kind,
-                      const Window& win, const PageSelection* sel, int64_t first_pos, int64_t last_pos,
+void append_page_list(const CpuAttentionArgs& a, HeadKind kind, const Window& win, const PageSelection* sel, int64_t first_pos, int64_t last_pos,
                       std::vector<int32_t>& out) {
   const int64_t P = a.page_size;
   const int64_t last_page = last_pos / P;
@@ -259,7 +258,6 @@ void append_page_list(const CpuAttentionArgs& a, const AttentionBatch& batch, in
     const int64_t band_first = std::max<int64_t>(0, first_pos - win.local + 1) / P;
     for (int64_t p = 0; p <= last_page; ++p)
       if (p < sink_pages || p >= band_first) out.push_back(static_cast<int32_t>(p));
-    (void)batch;
     return;
   }
   for (int64_t p = 0; p <= last_page; ++p) out.push_back(static_cast<int32_t>(p));
@@ -336,7 +334,7 @@ void cpu_paged_attention(const CpuAttentionArgs& a, const AttentionBatch& batch)
           const int32_t q_begin = batch.query_start[b] + t0, q_end = batch.query_start[b] + t1;
           const int64_t first_pos = batch.seq_lens[b] - qlen + t0, last_pos = batch.seq_lens[b] - qlen + t1 - 1;
           const size_t offset = lists.size();
-          append_page_list(a, batch, b, slot.kind, win, sel, first_pos, last_pos, lists);
+          append_page_list(a, slot.kind, win, sel, first_pos, last_pos, lists);
           const size_t count = lists.size() - offset;
           if (seq && qlen == 1) {
             seq->kv_tokens_read += nheads * visible_keys(lists, offset, count, last_pos, win, a.page_size);
