@@ -14,6 +14,7 @@
 
 #include "backend/backend.h"
 #include "engine/generator.h"
+#include "fixture_model.h"
 #include "model/llama_model.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
@@ -69,14 +70,9 @@ class ModelLogits : public ::testing::TestWithParam<std::filesystem::path> {};
 TEST_P(ModelLogits, MatchHuggingFace) {
   const auto dir = GetParam();
   auto backend = make_cpu_backend(0);
-  ModelConfig config = ModelConfig::from_file(dir / "config.json");
-  const int64_t max_context = std::min<int64_t>(config.max_position_embeddings, 1024);
-  LlamaModel model(config, load_weights(config, dir, *backend), *backend, max_context);
-  KvCacheOptions kv;
-  kv.page_size = 64;
-  kv.memory_bytes = KvCache::bytes_per_page(config, 64, DType::F32) * 16;
-  KvCache cache(config, kv, *backend);
-  Generator gen(model, cache, nullptr);
+  test::FixtureModel fixture(dir, *backend);
+  const ModelConfig& config = fixture.config;
+  Generator& gen = fixture.gen;
   SafetensorsFile ref(dir / "reference.safetensors");
   const int64_t V = config.vocab_size;
 
@@ -111,7 +107,7 @@ TEST_P(ModelLogits, MatchHuggingFace) {
     req.ignore_eos = true;
     const auto result = gen.run(req, nullptr);
     EXPECT_EQ(result.tokens, want_greedy) << "greedy continuation";
-    EXPECT_EQ(cache.allocator().num_used(), 0) << "pages leaked";
+    EXPECT_EQ(fixture.cache.allocator().num_used(), 0) << "pages leaked";
   }
 }
 

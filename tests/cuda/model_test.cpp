@@ -16,6 +16,7 @@
 
 #include "cuda_test_util.h"
 #include "engine/generator.h"
+#include "fixture_model.h"
 #include "model/llama_model.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
@@ -106,14 +107,9 @@ TEST_P(CudaModelLogits, MatchHuggingFace) {
   LSERVE_SKIP_WITHOUT_GPU();
   const auto dir = GetParam();
   auto backend = make_cuda_backend(0);
-  ModelConfig config = ModelConfig::from_file(dir / "config.json");
-  const int64_t max_context = std::min<int64_t>(config.max_position_embeddings, 1024);
-  LlamaModel model(config, load_weights(config, dir, *backend), *backend, max_context);
-  KvCacheOptions kv;
-  kv.page_size = 64;
-  kv.memory_bytes = KvCache::bytes_per_page(config, 64, DType::BF16) * 16;
-  KvCache cache(config, kv, *backend);
-  Generator gen(model, cache, nullptr);
+  test::FixtureModel fixture(dir, *backend);
+  const ModelConfig& config = fixture.config;
+  Generator& gen = fixture.gen;
   SafetensorsFile ref(dir / "reference.safetensors");
   const int64_t V = config.vocab_size;
 
@@ -142,7 +138,7 @@ TEST_P(CudaModelLogits, MatchHuggingFace) {
     EXPECT_EQ(g.mismatches, 0) << "greedy: argmax differs from HF's token where our margin exceeds the bound";
     std::printf("    greedy   argmax checked on %lld of %zu steps (%lld mismatches)\n",
                 static_cast<long long>(g.checked), greedy.size(), static_cast<long long>(g.mismatches));
-    EXPECT_EQ(cache.allocator().num_used(), 0) << "pages leaked";
+    EXPECT_EQ(fixture.cache.allocator().num_used(), 0) << "pages leaked";
   }
 }
 
