@@ -5,19 +5,10 @@
 #include "kv/block_allocator.h"
 #include "kv/kv_cache.h"
 #include "model/model_config.h"
+#include "test_util.h"
 
 namespace lserve {
 namespace {
-
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 8;
-  c.hidden_size = 32;
-  return c;
-}
 
 TEST(BlockAllocator, RefCountsReturnPagesToThePool) {
   BlockAllocator a(3);
@@ -42,7 +33,7 @@ TEST(BlockAllocator, ReleasingAFreePageIsABug) {
 
 TEST(KvCache, ReserveAllocatesWholePagesAndReleaseReturnsThem) {
   auto backend = make_cpu_backend(1);
-  const ModelConfig c = tiny_config();
+  const ModelConfig c = test::tiny_kv_config();
   KvCacheOptions o;
   o.page_size = 16;
   o.memory_bytes = KvCache::bytes_per_page(c, 16, DType::F32) * 10 + 5;  // 10 pages and change
@@ -75,7 +66,7 @@ TEST(KvCache, ReserveAllocatesWholePagesAndReleaseReturnsThem) {
 
 TEST(KvCache, PoolViewsDoNotOverlap) {
   auto backend = make_cpu_backend(1);
-  const ModelConfig c = tiny_config();
+  const ModelConfig c = test::tiny_kv_config();
   KvCacheOptions o;
   o.page_size = 4;
   o.memory_bytes = KvCache::bytes_per_page(c, 4, DType::F32) * 3;
@@ -95,7 +86,7 @@ TEST(KvCache, PoolViewsDoNotOverlap) {
 
 TEST(KvCache, StreamingHeadsKeepOnlySinkAndLocalPages) {
   auto backend = make_cpu_backend(1);
-  const ModelConfig c = tiny_config();  // 2 layers x 2 KV heads
+  const ModelConfig c = test::tiny_kv_config();  // 2 layers x 2 KV heads
   const HeadPattern pattern = HeadPattern::from_scores({{0.9, 0.1}, {0.2, 0.8}}, HeadRule{0.5, std::nullopt}, "t");
   KvCacheOptions o;
   o.page_size = 16;
@@ -136,7 +127,7 @@ TEST(KvCache, RefusesAMemoryBudgetBelowOnePage) {
   auto backend = make_cpu_backend(1);
   KvCacheOptions o;
   o.memory_bytes = 100;
-  EXPECT_THROW(KvCache(tiny_config(), o, *backend), Error);
+  EXPECT_THROW(KvCache(test::tiny_kv_config(), o, *backend), Error);
 }
 
 }  // namespace

@@ -7,10 +7,23 @@
 #include <string>
 #include <vector>
 
+#include "model/model_config.h"
+
 namespace lserve::test {
 
 inline std::filesystem::path source_dir() { return LSERVE_SOURCE_DIR; }
 inline std::filesystem::path fixture_models_dir() { return source_dir() / "tests" / "fixtures" / "models"; }
+
+// The smallest shape worth paging: 2 layers, 4 query heads over 2 KV heads of dim 8.
+inline ModelConfig tiny_kv_config() {
+  ModelConfig c;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 8;
+  c.hidden_size = 32;
+  return c;
+}
 
 // A fresh temporary folder, removed when the object goes.
 class TempDir {

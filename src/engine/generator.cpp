@@ -3,19 +3,11 @@
 #include <chrono>
 #include <optional>
 
+#include "engine/batch_plan.h"
 #include "engine/stop_matcher.h"
 #include "model/tokenizer.h"
 
 namespace lserve {
-
-std::string_view finish_reason_name(FinishReason r) {
-  switch (r) {
-    case FinishReason::Length: return "length";
-    case FinishReason::Stop: return "stop";
-    case FinishReason::Eos: return "eos";
-  }
-  return "?";
-}
 
 namespace {
 using Clock = std::chrono::steady_clock;
@@ -42,47 +34,17 @@ Generator::Generator(LlamaModel& model, KvCache& cache, const Tokenizer* tokeniz
 
 void Generator::step(SequenceKv& seq, std::span<const int32_t> tokens, bool decoding, bool prefill_done,
                      std::span<const int32_t> logit_rows, float* logits) {
-  const auto n = static_cast<int32_t>(tokens.size());
+  const auto n = static_cast<int64_t>(tokens.size());
   const int64_t start = seq.num_tokens();
   if (start + n > model_.max_context())
     fail("sequence of {} tokens exceeds the max context of {}", start + n, model_.max_context());
   cache_.reserve(seq, start + n);
-
-  AttentionBatch batch;
-  batch.query_start = {0, n};
-  batch.seq_lens = {static_cast<int32_t>(start + n)};
-  batch.page_indptr = {0, static_cast<int32_t>(seq.retrieval.pages.size())};
-  batch.page_indices.assign(seq.retrieval.pages.begin(), seq.retrieval.pages.end());
-  const bool streaming = cache_.has_streaming_heads();
-  if (streaming) {
-    batch.streaming_page_indptr = {0, static_cast<int32_t>(seq.streaming.pages.size())};
-    batch.streaming_page_indices.assign(seq.streaming.pages.begin(), seq.streaming.pages.end());
-  }
-  const int64_t P = cache_.page_size();
-  for (int32_t i = 0; i < n; ++i) {
-    const int64_t pos = start + i;
-    const auto page = static_cast<size_t>(pos / P);
-    batch.positions.push_back(static_cast<int32_t>(pos));
-    // With every KV head streaming there is no retrieval pool, so no retrieval pages: no slot.
-    batch.slot_mapping.push_back(page < seq.retrieval.pages.size()
-                                     ? static_cast<int64_t>(seq.retrieval.pages[page]) * P + pos % P
-                                     : int64_t{-1});
-    if (streaming) batch.streaming_slot_mapping.push_back(static_cast<int64_t>(seq.streaming.pages[page]) * P + pos % P);
-  }
-  batch.sparsity = sparsity_;
-  batch.decoding = {static_cast<uint8_t>(decoding)};
-  batch.sequences = {&seq};
+  const StepChunk chunk{&seq, start, n, decoding};
+  const AttentionBatch batch = plan_step(cache_, std::span<const StepChunk>(&chunk, 1), sparsity_);
   seq.kv_tokens_read = seq.kv_head_reads = 0;
   model_.forward(tokens, batch, cache_, logit_rows, logits);
   if (decoding) ++seq.decode_steps;
-  if (streaming) {
-    // Until the prefill is done, keep what either window can still reach: the decode window may
-    // reach further back than the prefill window, and its pages must not be released early.
-    const StreamingWindow& pw = sparsity_->prefill_window;
-    const StreamingWindow& dw = sparsity_->decode_window;
-    const StreamingWindow keep = prefill_done ? dw : StreamingWindow{std::max(pw.sink, dw.sink), std::max(pw.local, dw.local)};
-    cache_.trim_streaming(seq, start + n, keep);
-  }
+  trim_after_step(cache_, seq, start + n, prefill_done, *sparsity_);
 }
 
 GenerationResult Generator::run(const GenerationRequest& req, const std::function<void(std::string_view)>& on_text) {

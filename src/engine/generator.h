@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/request.h"
 #include "engine/sampler.h"
 #include "kv/kv_cache.h"
 #include "model/llama_model.h"
@@ -27,9 +28,6 @@ struct GenerationRequest {
   std::vector<int32_t> eos_token_ids;
   bool ignore_eos = false;
 };
-
-enum class FinishReason { Length, Stop, Eos };
-std::string_view finish_reason_name(FinishReason r);
 
 struct GenerationResult {
   std::vector<int32_t> tokens;  // generated ids (without the prompt)

@@ -143,9 +143,11 @@ void KvCache::trim_streaming(SequenceKv& seq, int64_t next_query_pos, const Stre
 }
 
 void KvCache::release(SequenceKv& seq) {
-  for (PageId p : seq.retrieval.pages) retrieval_.allocator.release(p);
-  for (PageId p : seq.streaming.pages)
-    if (p != kNoPage) streaming_.allocator.release(p);
+  // Last page first: cached pages then become evictable tail first, so eviction shortens a
+  // cached prefix from its end instead of breaking it at its start.
+  for (auto p = seq.retrieval.pages.rbegin(); p != seq.retrieval.pages.rend(); ++p) retrieval_.allocator.release(*p);
+  for (auto p = seq.streaming.pages.rbegin(); p != seq.streaming.pages.rend(); ++p)
+    if (*p != kNoPage) streaming_.allocator.release(*p);
   seq = SequenceKv{};
 }
 

@@ -106,6 +106,8 @@ class KvCache {
   HeadSlot slot(int64_t layer, int64_t kv_head) const { return slots_[layer][kv_head]; }
   int64_t heads_in_pool(HeadKind kind, int64_t layer) const;
   const BlockAllocator& allocator(HeadKind kind = HeadKind::Retrieval) const;
+  BlockAllocator& allocator(HeadKind kind) { return pool(kind).allocator; }  // for the prefix cache
+  bool has_pool(HeadKind kind) const { return pool(kind).bytes_per_page > 0; }
 
   // Grows the sequence so it holds `num_tokens` tokens: retrieval pages for every position,
   // streaming pages for the positions from `first_new` on (the step's new tokens; earlier
