@@ -11,6 +11,7 @@ packages=(
   clang libclang-rt-14-dev libomp-14-dev   # libFuzzer and sanitizers for the fuzz targets
   nodejs npm                 # reference tokenizers and OpenAI clients in the tests
   python3 python3-numpy python3-matplotlib   # benchmark plots
+  python3-jinja2             # the reference renderer of chat templates (what transformers uses)
 )
 
 missing=()

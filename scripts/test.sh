@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds lserve and runs every test: unit tests, whole-model logits vs HF transformers, the CLI's
-# bad-input handling, tokenizer ids vs transformers.js, and a short fuzz of the parsers.
+# bad-input handling, tokenizer ids vs transformers.js, chat template prompts vs jinja2 and
+# @huggingface/jinja, and a short fuzz of the parsers.
 # GPU tests (later milestones) skip cleanly on a machine without one.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -9,6 +9,7 @@ namespace lserve::cli {
 void add_generate_command(CLI::App& app);  // cmd_generate.cpp
 void add_tokenize_command(CLI::App& app);  // cmd_tokenize.cpp
 void add_bench_command(CLI::App& app);     // cmd_bench.cpp
+void add_chat_template_command(CLI::App& app);  // cmd_chat_template.cpp
 void add_serve_command(CLI::App& app);     // cmd_serve.cpp
 
 }  // namespace lserve::cli

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   lserve::cli::add_generate_command(app);
   lserve::cli::add_tokenize_command(app);
   lserve::cli::add_bench_command(app);
+  lserve::cli::add_chat_template_command(app);
   lserve::cli::add_serve_command(app);
   try {
     app.parse(argc, argv);
