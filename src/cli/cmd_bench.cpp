@@ -82,7 +82,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--repeats", o->repeats, "timed runs per length (median reported)")->check(CLI::PositiveNumber);
   cmd->add_option("--prefill-chunk", o->prefill_chunk, "prompt tokens per forward pass")->check(CLI::PositiveNumber);
   cmd->add_flag("--json", o->json, "one JSON object per line instead of a table");
-  cmd->callback([o] {
+  add_bench_serve_command(*cmd);
+  cmd->callback([o, cmd] {
+    if (cmd->got_subcommand("serve")) return;  // `bench serve` ran instead
     finish_sparsity(o->model);
     run_bench(*o);
   });

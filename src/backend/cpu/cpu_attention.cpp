@@ -14,9 +14,21 @@ namespace lserve {
 
 namespace {
 
+// Batch invariance: a query row's output must be bitwise the same whatever tile it lands in (a
+// prefill chunk may start and end anywhere) and whatever else is in the batch. Every row
+// therefore follows one order: its page list is cut into segments (below), each segment runs its
+// own online softmax from scratch, and the segments merge left to right. Within a page a row's
+// scores, max, exp-sum and output accumulate in key order, touching no other row; pages of the
+// list that a row cannot see (past its position, outside its Lambda window) leave its state
+// bitwise unchanged. A tile of few queries runs its segments as parallel work items merged
+// afterwards (flash-decoding); a larger tile runs them one after another in one item; the
+// arithmetic is the same.
+//   segments: every kSplitTokens / page_size pages by page index (page p is in segment
+//   p / that), so they do not depend on where the tile starts; a decode row's list of selected
+//   pages, which only that row reads, is cut every kSplitTokens / page_size list entries.
 constexpr int64_t kQueryTile = 32;       // query tokens per work item in prefill
-constexpr int64_t kSplitTokens = 1024;   // keys per split of a decode tile
-constexpr int32_t kMaxSplitTileLen = 4;  // tiles of at most this many queries are split
+constexpr int64_t kSplitTokens = 1024;   // keys per segment (see above)
+constexpr int32_t kMaxSplitTileLen = 4;  // tiles of at most this many queries run segments in parallel
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kNoWindow = std::numeric_limits<int64_t>::max() / 4;
 
@@ -40,6 +52,7 @@ struct WorkItem {
   int32_t q_begin, q_end;
   size_t list_offset, list_count;  // into the shared page-list vector
   Window window;
+  bool selected;    // the list is a page selection: segments cut by list position
   int32_t partial;  // index of this item's partial state, or -1 if it writes out directly
 };
 
@@ -53,15 +66,44 @@ struct PartialState {
   }
 };
 
+int64_t segment_pages(int64_t page_size) { return std::max<int64_t>(1, kSplitTokens / page_size); }
+
+// The segment of entry `li` of the page list that starts at `offset` (see the top).
+int64_t segment_of(const std::vector<int32_t>& lists, size_t offset, size_t li, bool selected, int64_t pages) {
+  return selected ? static_cast<int64_t>(li) / pages : lists[offset + li] / pages;
+}
+
+// Merges a segment's partial state into the accumulator (rows that saw nothing are skipped; into
+// an accumulator that saw nothing, a merge is an exact copy).
+void merge_into(PartialState& acc, const PartialState& part, int64_t head_dim) {
+  for (size_t r = 0; r < acc.m.size(); ++r) {
+    if (part.l[r] == 0.0f) continue;
+    const float m = std::max(acc.m[r], part.m[r]);
+    const float ca = std::exp(acc.m[r] - m), cp = std::exp(part.m[r] - m);
+    acc.l[r] = acc.l[r] * ca + part.l[r] * cp;
+    acc.m[r] = m;
+    for (int64_t d = 0; d < head_dim; ++d) {
+      const size_t i = r * static_cast<size_t>(head_dim) + static_cast<size_t>(d);
+      acc.o[i] = acc.o[i] * ca + part.o[i] * cp;
+    }
+  }
+}
+
 const int32_t* page_table(const AttentionBatch& batch, HeadKind kind, int32_t b) {
   return kind == HeadKind::Retrieval ? batch.page_indices.data() + batch.page_indptr[b]
                                      : batch.streaming_page_indices.data() + batch.streaming_page_indptr[b];
 }
 
-// Runs one work item into `st` (rows ordered head-major: row = g * tile_len + i).
+// Scratch of one thread.
+struct ItemScratch {
+  PartialState segment;  // the segment being walked
+  std::vector<float> kt, scores, qbuf;
+};
+
+// Runs one work item into `out` (rows ordered head-major: row = g * tile_len + i): each segment
+// of its pages into scratch.segment, merged into `out` in order.
 void run_item(const CpuAttentionArgs& a, const AttentionBatch& batch, const WorkItem& w,
-              const std::vector<int32_t>& lists, PartialState& st, std::vector<float>& kt, std::vector<float>& scores,
-              std::vector<float>& qbuf) {
+              const std::vector<int32_t>& lists, PartialState& out, ItemScratch& scratch) {
   const int64_t D = a.head_dim, P = a.page_size;
   const int64_t tile_len = w.q_end - w.q_begin;
   const int64_t rows = w.num_heads * tile_len;
@@ -71,6 +113,11 @@ void run_item(const CpuAttentionArgs& a, const AttentionBatch& batch, const Work
   const int k = static_cast<int>(w.kind);
   const int64_t pool_heads = a.pool_heads[k];
 
+  PartialState& st = scratch.segment;
+  std::vector<float>& kt = scratch.kt;
+  std::vector<float>& scores = scratch.scores;
+  std::vector<float>& qbuf = scratch.qbuf;
+  out.reset(rows, D);
   st.reset(rows, D);
   qbuf.resize(static_cast<size_t>(rows * D));  // the tile's queries, pre-scaled, [rows, D]
   for (int64_t g = 0; g < w.num_heads; ++g)
@@ -82,7 +129,25 @@ void run_item(const CpuAttentionArgs& a, const AttentionBatch& batch, const Work
   kt.resize(static_cast<size_t>(D * P));
   scores.resize(static_cast<size_t>(rows * P));
 
+  const int64_t seg_pages = segment_pages(P);
+  int64_t segment = -1;
+  bool merged_any = false;
+  auto finish_segment = [&] {
+    if (!merged_any) {
+      std::swap(out, st);  // merging into the empty `out` would copy it exactly
+      merged_any = true;
+      st.reset(rows, D);
+    } else {
+      merge_into(out, st, D);
+      st.reset(rows, D);
+    }
+  };
   for (size_t li = 0; li < w.list_count; ++li) {
+    const int64_t seg = segment_of(lists, w.list_offset, li, w.selected, seg_pages);
+    if (seg != segment) {
+      if (segment >= 0) finish_segment();
+      segment = seg;
+    }
     const int64_t pi = lists[w.list_offset + li];
     const int64_t page_first = pi * P;
     const int64_t valid = std::min<int64_t>(P, seq_len - page_first);  // keys present in this page
@@ -136,6 +201,7 @@ void run_item(const CpuAttentionArgs& a, const AttentionBatch& batch, const Work
       }
     }
   }
+  if (segment >= 0) finish_segment();
 }
 
 void write_out(const CpuAttentionArgs& a, const WorkItem& w, const PartialState& st) {
@@ -147,21 +213,6 @@ void write_out(const CpuAttentionArgs& a, const WorkItem& w, const PartialState&
       const float inv = st.l[r] > 0 ? 1.0f / st.l[r] : 0.0f;
       for (int64_t d = 0; d < D; ++d) dst[d] = st.o[static_cast<size_t>(r * D + d)] * inv;
     }
-}
-
-// Merges a split's partial state into the accumulator.
-void merge_into(PartialState& acc, const PartialState& part, int64_t head_dim) {
-  for (size_t r = 0; r < acc.m.size(); ++r) {
-    if (part.l[r] == 0.0f) continue;
-    const float m = std::max(acc.m[r], part.m[r]);
-    const float ca = std::exp(acc.m[r] - m), cp = std::exp(part.m[r] - m);
-    acc.l[r] = acc.l[r] * ca + part.l[r] * cp;
-    acc.m[r] = m;
-    for (int64_t d = 0; d < head_dim; ++d) {
-      const size_t i = r * static_cast<size_t>(head_dim) + static_cast<size_t>(d);
-      acc.o[i] = acc.o[i] * ca + part.o[i] * cp;
-    }
-  }
 }
 
 // ---- page selection (retrieval heads of decoding sequences) ----
@@ -340,18 +391,23 @@ void cpu_paged_attention(const CpuAttentionArgs& a, const AttentionBatch& batch)
             seq->kv_tokens_read += nheads * visible_keys(lists, offset, count, last_pos, win, a.page_size);
             seq->kv_head_reads += nheads;
           }
-          const size_t chunk = static_cast<size_t>(std::max<int64_t>(1, kSplitTokens / a.page_size));
-          const size_t splits = t1 - t0 <= kMaxSplitTileLen ? std::max<size_t>(1, (count + chunk - 1) / chunk) : 1;
-          const WorkItem base{b, slot.kind, slot.index, head0, nheads, q_begin, q_end, offset, count, win, -1};
-          if (splits == 1) {
+          const bool selected = sel && sel->decode_step >= 0;
+          const WorkItem base{b, slot.kind, slot.index, head0, nheads, q_begin, q_end, offset, count, win, selected, -1};
+          // Few queries: one item per segment, merged in order afterwards.
+          std::vector<size_t> starts;  // list positions where a segment starts
+          for (size_t li = 0; t1 - t0 <= kMaxSplitTileLen && li < count; ++li)
+            if (li == 0 || segment_of(lists, offset, li, selected, segment_pages(a.page_size)) !=
+                               segment_of(lists, offset, li - 1, selected, segment_pages(a.page_size)))
+              starts.push_back(li);
+          if (starts.size() <= 1) {
             items.push_back(base);
             continue;
           }
           std::vector<int32_t> group;
-          for (size_t s = 0; s < splits; ++s) {
+          for (size_t s = 0; s < starts.size(); ++s) {
             WorkItem w = base;
-            w.list_offset = offset + s * chunk;
-            w.list_count = std::min(chunk, count - s * chunk);
+            w.list_offset = offset + starts[s];
+            w.list_count = (s + 1 < starts.size() ? starts[s + 1] : count) - starts[s];
             w.partial = static_cast<int32_t>(items.size());
             group.push_back(w.partial);
             items.push_back(w);
@@ -365,16 +421,16 @@ void cpu_paged_attention(const CpuAttentionArgs& a, const AttentionBatch& batch)
   std::vector<PartialState> partials(items.size());
 #pragma omp parallel
   {
-    std::vector<float> kt, scores, qbuf;
+    ItemScratch scratch;
     PartialState local;
 #pragma omp for schedule(dynamic, 1)
     for (size_t i = 0; i < items.size(); ++i) {
       const WorkItem& w = items[i];
       if (w.partial < 0) {
-        run_item(a, batch, w, lists, local, kt, scores, qbuf);
+        run_item(a, batch, w, lists, local, scratch);
         write_out(a, w, local);
       } else {
-        run_item(a, batch, w, lists, partials[i], kt, scores, qbuf);
+        run_item(a, batch, w, lists, partials[i], scratch);
       }
     }
 #pragma omp for schedule(static)

@@ -6,9 +6,11 @@
 //   retrieval head, decode with selection:    the selected pages (+ pages newer than the selection)
 //   streaming head:                           pages touching [0, sink) or the local band;
 //                                             token-exact Lambda mask at the edges
-// A work item is one (sequence, query heads, query tile, slice of the page list). Decode tiles
-// are split along their pages in fixed chunks and merged (flash-decoding); the split depends
-// on the sequence alone, so results are bit-identical whatever the batch or thread count.
+// A work item is one (sequence, query heads, query tile, slice of the page list). A row's pages
+// fall into fixed segments (by page index) that each run their own online softmax and merge in
+// order; tiles of few queries run their segments as parallel items (flash-decoding). A row's
+// output is therefore bit-identical whatever its tile (prefill chunks of any size), the batch
+// or the thread count (cpu_attention.cpp, at the top).
 #pragma once
 
 #include <cstdint>
