@@ -254,6 +254,18 @@ TEST(ChatTemplate, RaiseExceptionCarriesTheTemplatesMessage) {
 TEST(ChatTemplate, RunawayRecursionIsAnError) {
   EXPECT_NE(error_of("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}").find("nested too deeply"), std::string::npos);
   EXPECT_NE(error_of("{{ range(1000000) | length }}").find("Range too big"), std::string::npos);
+  EXPECT_NE(error_of("{{ 'x' * 1000000000000 }}").find("too large"), std::string::npos);
+  EXPECT_NE(error_of("{% for i in range(100000) %}{% for j in range(100000) %}{{ 'x' * 1000000 }}{% endfor %}{% endfor %}")
+                .find("exceeds 256 MiB"),
+            std::string::npos);
+  std::string nots = "{{ ";
+  for (int i = 0; i < 5000; ++i) nots += "not ";
+  EXPECT_EQ(error_of(nots + "1 }}"), "chat template line 1: template nested too deeply");
+  EXPECT_EQ(error_of("{{ " + std::string(5000, '[') + std::string(5000, ']') + " }}"),
+            "chat template line 1: template nested too deeply");
+  std::string deep_ifs;
+  for (int i = 0; i < 1000; ++i) deep_ifs += "{% if true %}";
+  EXPECT_EQ(error_of(deep_ifs), "chat template line 1: template nested too deeply");
 }
 
 // --- The chat variables ---------------------------------------------------------------------------------

@@ -341,6 +341,8 @@ Value f_round(Interpreter&, const Value& v, CallArgs& args) {
   const int64_t precision = int_arg(a[0], 0, "precision");
   const std::string method = a[1].is_undefined() ? "common" : py_str(a[1]);
   if (!v.is_number()) throw TemplateError(fmt::format("round expects a number, got {}", v.type_name()));
+  // Python's round(int, n) is the int itself (for n >= 0).
+  if (method == "common" && !v.is_float() && precision >= 0) return Value(v.as_int());
   const double scale = std::pow(10.0, static_cast<double>(precision));
   const double x = v.as_float() * scale;
   double r;

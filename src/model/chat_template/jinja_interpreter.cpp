@@ -11,6 +11,13 @@ namespace {
 
 constexpr std::string_view kLinePrefix = "chat template line ";
 constexpr int kMaxDepth = 256;  // nested macro calls; deeper is runaway recursion
+// The most text a render may produce: far beyond any prompt, short of exhausting memory when a
+// hostile template nests big loops.
+constexpr size_t kMaxOutputBytes = size_t{1} << 28;
+
+void check_size(const std::string& out) {
+  if (out.size() > kMaxOutputBytes) throw TemplateError("the template's output exceeds 256 MiB");
+}
 // The name a {% filter %} or {% set x | f %} block's body is bound to while its filters run;
 // the parser's placeholder is a Name expression with this (unspellable) empty name.
 constexpr std::string_view kBlockBody;
@@ -90,8 +97,14 @@ Interpreter::Flow Interpreter::exec(const Body& body, const std::shared_ptr<Scop
 
 Interpreter::Flow Interpreter::exec_node(const Node& node, const std::shared_ptr<Scope>& scope, std::string& out) {
   switch (node.kind) {
-    case Node::Kind::Text: out += node.text; break;
-    case Node::Kind::Output: out += py_str(eval(*node.expr, scope)); break;
+    case Node::Kind::Text:
+      out += node.text;
+      check_size(out);
+      break;
+    case Node::Kind::Output:
+      out += py_str(eval(*node.expr, scope));
+      check_size(out);
+      break;
     case Node::Kind::If:
       for (const auto& [condition, body] : node.branches)
         if (eval(*condition, scope).truthy()) return exec(body, scope, out);

@@ -1,6 +1,7 @@
 // Python's operators on Values (see jinja_operators.h).
 #include "model/chat_template/jinja_operators.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "model/chat_template/jinja_strings.h"
@@ -30,7 +31,11 @@ int64_t checked_op(std::string_view op, int64_t x, int64_t y) {
   return r;
 }
 
+// 'ab' * n and [x] * n, refused beyond 256 Mi bytes or items (a hostile template's memory bomb).
 Value repeat(const Value& seq, int64_t n) {
+  constexpr double kMaxSize = double(1 << 28);
+  const double size = seq.is_string() ? double(seq.str().size()) : double(seq.items().size());
+  if (size * double(std::max<int64_t>(n, 0)) > kMaxSize) throw TemplateError("repetition result too large");
   if (seq.is_string()) {
     std::string out;
     for (int64_t i = 0; i < n; ++i) out += seq.str();

@@ -45,6 +45,20 @@ class Parser {
  private:
   std::vector<Token> t_;
   size_t i_ = 0;
+  int depth_ = 0;  // nesting of blocks and expressions being parsed
+
+  // Templates come from model folders, which may be hostile: deeper nesting than any real template
+  // has is refused before it can exhaust the stack (here, or later in the interpreter).
+  static constexpr int kMaxNesting = 200;
+  struct NestingGuard {
+    Parser& p;
+    explicit NestingGuard(Parser& parser) : p(parser) {
+      if (++p.depth_ > kMaxNesting) p.error(p.cur().line, "template nested too deeply");
+    }
+    ~NestingGuard() { --p.depth_; }
+    NestingGuard(const NestingGuard&) = delete;
+    NestingGuard& operator=(const NestingGuard&) = delete;
+  };
 
   const Token& cur() const { return t_[i_]; }
   const Token& peek(size_t ahead = 1) const { return t_[std::min(i_ + ahead, t_.size() - 1)]; }
@@ -134,6 +148,7 @@ class Parser {
   }
 
   NodePtr parse_statement() {
+    const NestingGuard guard(*this);
     const Token& t = cur();
     const std::string keyword = t.text;
     const int line = t.line;
@@ -326,6 +341,7 @@ class Parser {
   }
 
   ExprPtr parse_expression(bool with_condexpr) {
+    const NestingGuard guard(*this);
     ExprPtr expr = parse_or();
     if (!with_condexpr) return expr;
     while (is_name("if")) {
@@ -361,6 +377,7 @@ class Parser {
   ExprPtr parse_and() { return left_assoc({"and"}, &Parser::parse_not); }
 
   ExprPtr parse_not() {
+    const NestingGuard guard(*this);
     if (is_name("not")) {
       const int line = next().line;
       auto e = make_expr(Expr::Kind::Unary, line);
@@ -408,6 +425,7 @@ class Parser {
   ExprPtr parse_unary_with_filter() { return parse_unary(true); }
 
   ExprPtr parse_unary(bool with_filter) {
+    const NestingGuard guard(*this);
     ExprPtr node;
     if (is_op("-") || is_op("+")) {
       const Token& op = next();
