@@ -29,8 +29,7 @@ std::vector<std::filesystem::path> model_dirs() {
     for (const auto& e : std::filesystem::directory_iterator(test::fixture_models_dir()))
       if (std::filesystem::exists(e.path() / "reference.safetensors")) dirs.push_back(e.path());
   std::sort(dirs.begin(), dirs.end());
-  const auto bundled = test::source_dir() / "models" / "tiny-llama";
-  if (std::filesystem::exists(bundled / "reference.safetensors")) dirs.push_back(bundled);
+  for (const auto& d : test::bundled_model_dirs("reference.safetensors")) dirs.push_back(d);
   return dirs;
 }
 

@@ -13,6 +13,13 @@ namespace lserve::test {
 
 inline std::filesystem::path source_dir() { return LSERVE_SOURCE_DIR; }
 inline std::filesystem::path fixture_models_dir() { return source_dir() / "tests" / "fixtures" / "models"; }
+// The model folders shipped under models/ that hold `file` (config.json, reference.safetensors).
+inline std::vector<std::filesystem::path> bundled_model_dirs(const std::string& file) {
+  std::vector<std::filesystem::path> dirs;
+  for (const char* name : {"tiny-llama", "lserve-tiny-16k"})
+    if (std::filesystem::exists(source_dir() / "models" / name / file)) dirs.push_back(source_dir() / "models" / name);
+  return dirs;
+}
 
 // The smallest shape worth paging: 2 layers, 4 query heads over 2 KV heads of dim 8.
 inline ModelConfig tiny_kv_config() {

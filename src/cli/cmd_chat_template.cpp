@@ -165,7 +165,7 @@ void run_jsonl(const ChatTemplateOptions& o, const std::optional<ChatClock>& clo
 void add_chat_template_command(CLI::App& app) {
   auto o = std::make_shared<ChatTemplateOptions>();
   CLI::App* cmd = app.add_subcommand("chat-template", "render messages (JSON) into a prompt with the model's chat template");
-  cmd->add_option("--model,-m", o->model, "HF model folder (default: the bundled models/tiny-llama)");
+  cmd->add_option("--model,-m", o->model, "HF model folder (default: the bundled models/lserve-tiny-16k)");
   cmd->add_option("--template", o->template_file, "a .jinja template file to use instead of the model's");
   cmd->add_option("--messages", o->messages_file, "JSON file: a messages array, or {\"messages\": [...], options...}; default stdin");
   cmd->add_flag("--add-generation-prompt", o->add_generation_prompt, "end with the assistant turn's header");

@@ -12,7 +12,7 @@
 namespace lserve::cli {
 
 namespace {
-constexpr const char* kDefaultModel = "models/tiny-llama";
+constexpr const char* kDefaultModel = "models/lserve-tiny-16k";
 
 std::filesystem::path executable_dir() {
   std::error_code ec;

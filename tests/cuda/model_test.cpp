@@ -1,5 +1,5 @@
 // Whole-model logits on the GPU against HF transformers' (f32) on every fixture model and the
-// bundled tiny-llama (reference.safetensors, as in tests/model_logits_test.cpp).
+// bundled models (reference.safetensors, as in tests/model_logits_test.cpp).
 //
 // The GPU runs in bf16, so its logits differ from HF's by bf16 rounding carried through the
 // layers. The test bounds that difference, max |ours - HF| / max |HF| < kLogitTolerance, and
@@ -32,8 +32,7 @@ std::vector<std::filesystem::path> model_dirs() {
     for (const auto& e : std::filesystem::directory_iterator(test::fixture_models_dir()))
       if (std::filesystem::exists(e.path() / "reference.safetensors")) dirs.push_back(e.path());
   std::sort(dirs.begin(), dirs.end());
-  const auto bundled = test::source_dir() / "models" / "tiny-llama";
-  if (std::filesystem::exists(bundled / "reference.safetensors")) dirs.push_back(bundled);
+  for (const auto& d : test::bundled_model_dirs("reference.safetensors")) dirs.push_back(d);
   return dirs;
 }
 

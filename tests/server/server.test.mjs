@@ -6,7 +6,7 @@ import { spawn } from "node:child_process";
 import OpenAI from "openai";
 
 const LSERVE = process.env.LSERVE;
-const MODEL = "tiny-llama";
+const MODEL = "lserve-tiny-16k";  // the bundled default model (the folder name)
 
 // Starts a server on a free port and resolves once it serves the model.
 function startServer(extraArgs = []) {
