@@ -18,6 +18,7 @@
 #include "cli/commands.h"
 #include "cli/model_options.h"
 #include "engine/engine.h"
+#include "server/chat_renderer.h"
 #include "server/http_server.h"
 
 namespace lserve::cli {
@@ -129,6 +130,7 @@ void run_serve_bench(ServeBenchOptions o) {
     ctx.tokenizer = &*m->tokenizer;
     ctx.generation = m->generation;
     ctx.max_context = m->model->max_context();
+    ctx.render_chat = server::make_chat_renderer(m->dir);
     http->attach(engine.get(), ctx);
     listener = std::thread([&] { http->run(); });
     port = http->port();

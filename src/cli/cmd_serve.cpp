@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "cli/model_options.h"
 #include "engine/engine.h"
+#include "server/chat_renderer.h"
 #include "server/http_server.h"
 
 namespace lserve::cli {
@@ -77,6 +78,8 @@ void run_serve(ServeOptions o) {
   ctx.tokenizer = &*m.tokenizer;
   ctx.generation = m.generation;
   ctx.max_context = max_context;
+  ctx.render_chat = server::make_chat_renderer(m.dir);
+  if (!ctx.render_chat) spdlog::warn("{}: no chat template; /v1/chat/completions will refuse requests", m.dir.string());
   http.attach(&engine, ctx);
   spdlog::info("serving '{}' ({}; max context {}, prefix caching {}) on http://{}:{}", ctx.name,
                o.model.sparsity.summary(), max_context, eo.prefix_caching ? "on" : "off", o.http.host, http.port());

@@ -25,7 +25,8 @@ struct ModelContext {
   GenerationConfig generation;
   int64_t max_context = 0;
   // Renders chat messages (and options: tools, add_generation_prompt, template kwargs) to the
-  // prompt text with the model's chat template; throws ApiError for a template error.
+  // prompt text with the model's chat template (server/chat_renderer.h); a template error
+  // throws an Error, answered with a 400. Empty: the model has no chat template.
   std::function<std::string(const nlohmann::json& messages, const nlohmann::json& options)> render_chat;
 };
 

@@ -4,9 +4,12 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import OpenAI from "openai";
+import { Template } from "@huggingface/jinja";
+import { readFileSync } from "node:fs";
 
 const LSERVE = process.env.LSERVE;
 const MODEL = "lserve-tiny-16k";  // the bundled default model (the folder name)
+const MODEL_DIR = new URL("../../models/lserve-tiny-16k/", import.meta.url);
 
 // Starts a server on a free port and resolves once it serves the model.
 function startServer(extraArgs = []) {
@@ -135,6 +138,45 @@ test("completion: n choices, seeds, logprobs, echo, token-id prompts", async () 
   const ids = await client.completions.create({ model: MODEL, prompt: [[1, 2, 3, 4], [5, 6, 7]], max_tokens: 4, temperature: 0 });
   assert.equal(ids.choices.length, 2);
   assert.equal(ids.usage.prompt_tokens, 7);
+});
+
+// The prompt a chat request must become: the model's own template rendered by @huggingface/jinja.
+function renderChat(messages) {
+  const cfg = JSON.parse(readFileSync(new URL("tokenizer_config.json", MODEL_DIR), "utf8"));
+  return new Template(cfg.chat_template).render({ messages, add_generation_prompt: true, bos_token: cfg.bos_token, eos_token: cfg.eos_token });
+}
+
+test("chat: the model's template makes the prompt; streaming and usage agree", async () => {
+  const messages = [
+    { role: "system", content: "Answer briefly." },
+    { role: "user", content: "The pass key is 4817263. Remember it. What is the pass key?" },
+  ];
+  const tokenize = async (body) => (await (await fetch(server.url + "/tokenize", { method: "POST", body: JSON.stringify(body) })).json()).tokens;
+  const expected = await tokenize({ prompt: renderChat(messages), add_special_tokens: false });
+  assert.deepEqual(await tokenize({ messages }), expected, "the server renders the template as @huggingface/jinja does");
+
+  const params = { model: MODEL, messages, max_tokens: 12, temperature: 0 };
+  const chat = await client.chat.completions.create(params);
+  assert.equal(chat.object, "chat.completion");
+  assert.equal(chat.choices[0].message.role, "assistant");
+  assert.equal(chat.usage.prompt_tokens, expected.length);
+  // The same tokens as a plain completion of the rendered prompt.
+  const plain = await client.completions.create({ model: MODEL, prompt: expected, max_tokens: 12, temperature: 0 });
+  assert.equal(chat.choices[0].message.content, plain.choices[0].text);
+  assert.equal(chat.choices[0].finish_reason, plain.choices[0].finish_reason);
+
+  const stream = await client.chat.completions.create({ ...params, stream: true, stream_options: { include_usage: true } });
+  let content = "", role = null, usage = null;
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices) {
+      if (c.delta.role) role = c.delta.role;
+      content += c.delta.content ?? "";
+    }
+  }
+  assert.equal(role, "assistant");
+  assert.equal(content, chat.choices[0].message.content);
+  assert.deepEqual(usage, chat.usage);
 });
 
 test("bad requests get OpenAI-style 400s and lose nothing", async () => {
