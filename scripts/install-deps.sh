@@ -8,6 +8,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   libopenblas-openmp-dev libpcre2-dev libutf8proc-dev libxxhash-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libpng-dev                 # lserve eval --png
   clang libclang-rt-14-dev libomp-14-dev   # libFuzzer and sanitizers for the fuzz targets
   nodejs npm                 # reference tokenizers and OpenAI clients in the tests
   python3 python3-numpy python3-matplotlib   # benchmark plots

@@ -11,6 +11,8 @@ void add_tokenize_command(CLI::App& app);  // cmd_tokenize.cpp
 void add_bench_command(CLI::App& app);     // cmd_bench.cpp
 void add_chat_template_command(CLI::App& app);  // cmd_chat_template.cpp
 void add_serve_command(CLI::App& app);     // cmd_serve.cpp
+void add_eval_command(CLI::App& app);      // cmd_eval.cpp
+void add_profile_heads_command(CLI::App& app);  // cmd_profile_heads.cpp
 void add_bench_serve_command(CLI::App& bench);  // cmd_bench_serve.cpp: `bench serve`
 
 }  // namespace lserve::cli

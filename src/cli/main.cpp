@@ -1,5 +1,5 @@
-// lserve: one binary, one subcommand per job (generate, tokenize; serve, bench, eval and
-// profile-heads arrive with their milestones). Errors from bad input end here as one line.
+// lserve: one binary, one subcommand per job (generate, tokenize, chat-template, serve, bench,
+// eval, profile-heads). Errors from bad input end here as one line.
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
   lserve::cli::add_bench_command(app);
   lserve::cli::add_chat_template_command(app);
   lserve::cli::add_serve_command(app);
+  lserve::cli::add_eval_command(app);
+  lserve::cli::add_profile_heads_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

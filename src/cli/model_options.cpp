@@ -145,9 +145,13 @@ LoadedModel load_model(const ModelOptions& o) {
 
 std::unique_ptr<KvCache> make_kv_cache(const LoadedModel& m, const ModelOptions& o, int64_t tokens,
                                        int64_t max_sequences, int64_t prefill_chunk) {
+  return make_kv_cache(m, o, resolve_head_pattern(m, o.sparsity), tokens, max_sequences, prefill_chunk);
+}
+
+std::unique_ptr<KvCache> make_kv_cache(const LoadedModel& m, const ModelOptions& o, const HeadPattern& pattern,
+                                       int64_t tokens, int64_t max_sequences, int64_t prefill_chunk) {
   const SparsityConfig& s = o.sparsity;
   const ModelConfig& c = m.model->config();
-  const HeadPattern pattern = resolve_head_pattern(m, s);
   KvCacheOptions kv;
   kv.page_size = s.page_size;
   kv.logical_page_size = s.selects_pages() ? s.logical_page_size : 0;

@@ -59,5 +59,8 @@ HeadPattern resolve_head_pattern(const LoadedModel& m, const SparsityConfig& spa
 // sequences of `tokens` tokens each, prefilled in chunks of `prefill_chunk`.
 std::unique_ptr<KvCache> make_kv_cache(const LoadedModel& m, const ModelOptions& options, int64_t tokens,
                                        int64_t max_sequences = 1, int64_t prefill_chunk = 2048);
+// The same under a given head pattern (profiling tries many).
+std::unique_ptr<KvCache> make_kv_cache(const LoadedModel& m, const ModelOptions& options, const HeadPattern& pattern,
+                                       int64_t tokens, int64_t max_sequences = 1, int64_t prefill_chunk = 2048);
 
 }  // namespace lserve::cli
