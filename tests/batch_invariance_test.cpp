@@ -353,7 +353,7 @@ class BatchInvariantModel : public ::testing::TestWithParam<std::filesystem::pat
     for (const Piece& pc : pieces) {
       const int64_t start = pc.seq->kv.num_tokens();
       f.cache.reserve(pc.seq->kv, start + pc.len);
-      chunks.push_back({&pc.seq->kv, start, pc.len, pc.decoding});
+      chunks.push_back({&pc.seq->kv, start, pc.len, pc.decoding, nullptr});
       tokens.insert(tokens.end(), pc.seq->tokens.begin() + start, pc.seq->tokens.begin() + start + pc.len);
     }
     const AttentionBatch batch = plan_step(f.cache, chunks, nullptr);

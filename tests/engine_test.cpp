@@ -75,6 +75,7 @@ struct Outcome {
   FinishReason reason = FinishReason::Error;
   int64_t cached = 0;
   bool finished = false;
+  std::vector<float> logprobs;  // of each generated token, when the request asks for them
 };
 
 // Submits every request, runs the engine on this thread until all finish.
@@ -87,6 +88,7 @@ std::vector<Outcome> run_all(Engine& engine, const std::vector<RequestParams>& r
       r.tokens.insert(r.tokens.end(), o.tokens.begin(), o.tokens.end());
       r.text += o.text;
       r.cached = o.cached_prompt_tokens;
+      for (const TokenLogprob& lp : o.logprobs) r.logprobs.push_back(lp.logprob);
       if (o.finished) {
         r.finished = true;
         r.reason = o.finish_reason;
@@ -185,6 +187,66 @@ TEST_P(EngineByPolicy, PrefixCacheReusesSharedPagesWithoutChangingOutput) {
 
 INSTANTIATE_TEST_SUITE_P(DenseAndSparse, EngineByPolicy, ::testing::Values(false, true),
                          [](const auto& p) { return p.param ? "lserve" : "dense"; });
+
+// A request's own sparse attention runs beside requests that use the engine's: each gets what
+// an engine configured with its policy gives it alone.
+TEST(Engine, PerRequestSparseAttentionMatchesAnEngineOfThatPolicy) {
+  auto requests = random_requests(6, 23, 150, 300);
+  for (RequestParams& r : requests) r.logprobs = true;
+  SparsityConfig all_pages = sparse_policy();
+  all_pages.policy = AttentionPolicy::Streaming;  // same streaming heads, retrieval heads read every page
+  SparsityConfig wide = sparse_policy();
+  wide.token_budget = 128;
+  wide.selector_interval = 1;
+  std::vector<SparsityConfig> configs;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    configs.push_back(i % 3 == 0 ? sparse_policy() : i % 3 == 1 ? all_pages : wide);
+    if (i % 3 != 0) requests[i].sparsity = configs.back();
+  }
+  std::vector<Outcome> want;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    RequestParams alone = requests[i];
+    alone.sparsity.reset();
+    want.push_back(run_alone(configs[i], {alone})[0]);
+  }
+  EngineOptions options;
+  options.scheduler.max_batched_tokens = 96;
+  Served served(sparse_policy(), 256, options);
+  const auto got = run_all(*served.engine, requests);
+  expect_same_tokens(got, want);
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].logprobs, want[i].logprobs) << "request " << i;
+  EXPECT_EQ(served.pages_in_use(), 0);
+  // The overrides really change the attention: the same request under the engine's own policy
+  // gives other probabilities (random weights may still pick the same tokens).
+  for (size_t i : {size_t{1}, size_t{2}}) {
+    RequestParams plain = requests[i];
+    plain.sparsity.reset();
+    EXPECT_NE(run_alone(sparse_policy(), {plain})[0].logprobs, want[i].logprobs) << "request " << i;
+  }
+}
+
+TEST(Engine, RefusesSparseAttentionItsCacheCannotRun) {
+  Served sparse(sparse_policy(), 64, {});
+  RequestParams p = random_requests(1, 5, 20, 20)[0];
+  SparsityConfig dense = sparse_policy();
+  dense.policy = AttentionPolicy::Dense;  // would need the streaming heads' dropped KV
+  p.sparsity = dense;
+  EXPECT_THROW(sparse.engine->submit(p, [](RequestOutput&&) {}), InvalidRequest);
+  SparsityConfig window = sparse_policy();
+  window.decode_window.local = 64;  // the cache keeps another window
+  p.sparsity = window;
+  EXPECT_THROW(sparse.engine->submit(p, [](RequestOutput&&) {}), InvalidRequest);
+  SparsityConfig budget = sparse_policy();
+  budget.token_budget = 20;  // not a page multiple
+  p.sparsity = budget;
+  EXPECT_THROW(sparse.engine->submit(p, [](RequestOutput&&) {}), InvalidRequest);
+
+  Served dense_engine(dense_policy(), 64, {});
+  SparsityConfig quest = dense_policy();
+  quest.policy = AttentionPolicy::Quest;  // no page summaries in a dense engine's cache
+  p.sparsity = quest;
+  EXPECT_THROW(dense_engine.engine->submit(p, [](RequestOutput&&) {}), InvalidRequest);
+}
 
 TEST(Engine, PrefixCacheEvictsUnderPressureAndStaysCorrect) {
   // A pool too small to keep earlier prefixes: new requests evict them (LRU) and still match.

@@ -19,10 +19,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "sparse/sparsity_config.h"
+
 namespace lserve {
 
 struct SequenceKv;
-struct SparsityConfig;
 
 struct AttentionBatch {
   std::vector<int32_t> query_start;   // [B + 1]
@@ -43,6 +44,21 @@ struct AttentionBatch {
   const SparsityConfig* sparsity = nullptr;
   std::vector<uint8_t> decoding;       // [B]
   std::vector<SequenceKv*> sequences;  // [B]; may be null for a dense batch
+  // A sequence's own policy for its retrieval heads in decode (a request's budget, PSA knobs,
+  // selector interval; windows, page sizes and granularity are always `sparsity`'s): [B] or
+  // empty; a null entry means `sparsity`.
+  std::vector<const SparsityConfig*> sequence_sparsity;
+
+  const SparsityConfig* sparsity_of(int32_t b) const {
+    const auto i = static_cast<size_t>(b);
+    return i < sequence_sparsity.size() && sequence_sparsity[i] ? sequence_sparsity[i] : sparsity;
+  }
+  // Whether any sequence's policy selects pages (the step then needs key summaries).
+  bool selects_pages() const {
+    for (int32_t b = 0; b < num_seqs(); ++b)
+      if (const SparsityConfig* s = sparsity_of(b); s && s->selects_pages()) return true;
+    return false;
+  }
 
   int32_t num_seqs() const { return static_cast<int32_t>(seq_lens.size()); }
   int32_t num_tokens() const { return query_start.empty() ? 0 : query_start.back(); }

@@ -131,6 +131,8 @@ void run_serve_bench(ServeBenchOptions o) {
     ctx.generation = m->generation;
     ctx.max_context = m->model->max_context();
     ctx.render_chat = server::make_chat_renderer(m->dir);
+    ctx.sparsity = o.model.sparsity;
+    ctx.page_summaries = cache->logical_page_size() > 0;
     http->attach(engine.get(), ctx);
     listener = std::thread([&] { http->run(); });
     port = http->port();

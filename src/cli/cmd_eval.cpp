@@ -163,7 +163,7 @@ void run_eval(const EvalOptions& o) {
   const eval::EvalResults results = eval::run_samples(engine, *m.tokenizer, samples, settings, std::ref(printer));
 
   eval::EvalReport report;
-  report.model = o.model.model.empty() ? m.dir.string() : o.model.model;
+  report.model = o.model.model.empty() ? m.dir.filename().string() : o.model.model;  // the bundled model by name
   report.sparsity = o.model.sparsity;
   report.streaming_kv_heads = cache->pattern().num_streaming();
   report.kv_heads = static_cast<int64_t>(m.model->config().num_layers) * m.model->config().num_kv_heads;

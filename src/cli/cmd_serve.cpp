@@ -79,6 +79,8 @@ void run_serve(ServeOptions o) {
   ctx.generation = m.generation;
   ctx.max_context = max_context;
   ctx.render_chat = server::make_chat_renderer(m.dir);
+  ctx.sparsity = o.model.sparsity;
+  ctx.page_summaries = cache->logical_page_size() > 0;
   if (!ctx.render_chat) spdlog::warn("{}: no chat template; /v1/chat/completions will refuse requests", m.dir.string());
   http.attach(&engine, ctx);
   spdlog::info("serving '{}' ({}; max context {}, prefix caching {}) on http://{}:{}", ctx.name,

@@ -38,6 +38,7 @@ AttentionBatch plan_step(const KvCache& cache, std::span<const StepChunk> chunks
     }
     batch.decoding.push_back(static_cast<uint8_t>(c.decoding));
     batch.sequences.push_back(c.kv);
+    batch.sequence_sparsity.push_back(c.sparsity);
   }
   batch.sparsity = sparsity;
   return batch;

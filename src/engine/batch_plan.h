@@ -17,6 +17,7 @@ struct StepChunk {
   int64_t start;      // position of the chunk's first token
   int64_t num_tokens;
   bool decoding;      // a decode row (decode windows, page selection)
+  const SparsityConfig* sparsity = nullptr;  // the sequence's own policy (null: the step's)
 };
 
 AttentionBatch plan_step(const KvCache& cache, std::span<const StepChunk> chunks, const SparsityConfig* sparsity);

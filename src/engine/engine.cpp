@@ -100,8 +100,13 @@ void Engine::validate(const RequestParams& p) const {
   }
   try {
     p.sampling.validate();
+    if (p.sparsity) p.sparsity->validate();
   } catch (const Error& e) {
     throw InvalidRequest(e.what());
+  }
+  if (p.sparsity) {
+    const std::string why = override_incompatibility(sparsity_, *p.sparsity, cache_.logical_page_size() > 0);
+    if (!why.empty()) throw InvalidRequest("sparse attention: " + why);
   }
 }
 
@@ -225,7 +230,7 @@ bool Engine::step() {
     Sequence& seq = *c.seq;
     const auto first = seq.tokens.begin() + c.start;
     tokens.insert(tokens.end(), first, first + c.num_tokens);
-    plan.push_back({&seq.kv, c.start, c.num_tokens, c.decoding});
+    plan.push_back({&seq.kv, c.start, c.num_tokens, c.decoding, seq.params.sparsity ? &*seq.params.sparsity : nullptr});
     if (c.start + c.num_tokens == static_cast<int64_t>(seq.tokens.size())) {
       logit_rows.push_back(static_cast<int32_t>(tokens.size()) - 1);
       samplers.push_back(&seq);

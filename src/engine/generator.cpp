@@ -39,7 +39,7 @@ void Generator::step(SequenceKv& seq, std::span<const int32_t> tokens, bool deco
   if (start + n > model_.max_context())
     fail("sequence of {} tokens exceeds the max context of {}", start + n, model_.max_context());
   cache_.reserve(seq, start + n);
-  const StepChunk chunk{&seq, start, n, decoding};
+  const StepChunk chunk{&seq, start, n, decoding, nullptr};
   const AttentionBatch batch = plan_step(cache_, std::span<const StepChunk>(&chunk, 1), sparsity_);
   seq.kv_tokens_read = seq.kv_head_reads = 0;
   model_.forward(tokens, batch, cache_, logit_rows, logits);

@@ -5,12 +5,14 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "core/error.h"
 #include "engine/sampler.h"
+#include "sparse/sparsity_config.h"
 
 namespace lserve {
 
@@ -32,6 +34,10 @@ struct RequestParams {
   bool logprobs = false;
   int32_t top_logprobs = 0;
   bool skip_special_tokens = true;
+  // This request's own sparse attention (its retrieval heads' decode policy, budget, interval):
+  // the engine's config with those fields changed; unset, the engine's. The engine refuses
+  // what its KV cache cannot run (override_incompatibility).
+  std::optional<SparsityConfig> sparsity;
 };
 
 struct TokenLogprob {

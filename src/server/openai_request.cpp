@@ -20,7 +20,7 @@ namespace {
 const std::set<std::string> kCommonFields = {
     "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "logprobs", "stop",
     "presence_penalty", "frequency_penalty", "logit_bias", "user", "seed", "top_k", "min_p", "repetition_penalty",
-    "ignore_eos", "stop_token_ids", "skip_special_tokens", "metadata", "store", "service_tier"};
+    "ignore_eos", "stop_token_ids", "skip_special_tokens", "metadata", "store", "service_tier", "sparse_attention"};
 const std::set<std::string> kCompletionFields = {"prompt", "echo", "best_of", "suffix", "add_special_tokens"};
 const std::set<std::string> kChatFields = {"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
                                            "parallel_tool_calls", "response_format", "chat_template_kwargs",
@@ -79,6 +79,49 @@ std::vector<int32_t> token_list(const json& v, const char* key) {
 }
 
 // Sampling, stops, limits and streaming: the fields both endpoints share.
+// "sparse_attention": {"policy", "token_budget", "selector_interval", "psa_mass", "psa_min_budget",
+// "psa_max_budget"}: this request's own decode policy for its retrieval heads, over the server's
+// config. What the engine cannot run on its KV cache it refuses (a 400 naming this field).
+SparsityConfig parse_sparse_attention(const json& v, const ModelContext& m) {
+  const SparsityConfig& base = m.sparsity;
+  constexpr const char* kKey = "sparse_attention";
+  if (!v.is_object()) throw bad_request("'sparse_attention' must be an object", kKey);
+  SparsityConfig s = base;
+  for (const auto& [key, value] : v.items()) {
+    if (key == "policy") {
+      const std::string& name = string(value, "sparse_attention.policy");
+      try {
+        s.policy = parse_policy(name);
+      } catch (const Error& e) {
+        throw bad_request(e.what(), kKey);
+      }
+    } else if (key == "token_budget") {
+      s.token_budget = integer(value, "sparse_attention.token_budget", 1, int64_t{1} << 30);
+    } else if (key == "selector_interval") {
+      s.selector_interval = static_cast<int32_t>(integer(value, "sparse_attention.selector_interval", 1, 1 << 20));
+    } else if (key == "psa_mass") {
+      s.psa_mass = number(value, "sparse_attention.psa_mass", 0.0, 1.0);
+    } else if (key == "psa_min_budget") {
+      s.psa_min_budget = integer(value, "sparse_attention.psa_min_budget", 1, int64_t{1} << 30);
+    } else if (key == "psa_max_budget") {
+      s.psa_max_budget = integer(value, "sparse_attention.psa_max_budget", 1, int64_t{1} << 30);
+    } else {
+      throw bad_request(fmt::format("unrecognized sparse_attention field: {} (policy, token_budget, selector_interval, "
+                                    "psa_mass, psa_min_budget, psa_max_budget)",
+                                    key),
+                        kKey);
+    }
+  }
+  try {
+    s.validate();
+  } catch (const Error& e) {
+    throw bad_request(std::string("sparse_attention: ") + e.what(), kKey);
+  }
+  if (const std::string why = override_incompatibility(base, s, m.page_summaries); !why.empty())
+    throw bad_request("sparse_attention: " + why, kKey);
+  return s;
+}
+
 void parse_common(const json& body, const ModelContext& m, ParsedRequest& r) {
   RequestParams& p = r.params;
   const GenerationConfig& g = m.generation;
@@ -128,6 +171,7 @@ void parse_common(const json& body, const ModelContext& m, ParsedRequest& r) {
     p.stop_token_ids = token_list(*v, "stop_token_ids");
   }
   if (const json* v = find(body, "ignore_eos")) p.ignore_eos = boolean(*v, "ignore_eos");
+  if (const json* v = find(body, "sparse_attention")) p.sparsity = parse_sparse_attention(*v, m);
   if (const json* v = find(body, "skip_special_tokens")) p.skip_special_tokens = boolean(*v, "skip_special_tokens");
   p.eos_token_ids = g.eos_token_ids;
   if (p.eos_token_ids.empty() && m.tokenizer && m.tokenizer->eos_id()) p.eos_token_ids.push_back(*m.tokenizer->eos_id());

@@ -24,6 +24,10 @@ struct ModelContext {
   const Tokenizer* tokenizer = nullptr;
   GenerationConfig generation;
   int64_t max_context = 0;
+  // The engine's sparse attention, over which a request's "sparse_attention" applies, and
+  // whether its KV cache keeps the page summaries that page selection needs.
+  SparsityConfig sparsity;
+  bool page_summaries = false;
   // Renders chat messages (and options: tools, add_generation_prompt, template kwargs) to the
   // prompt text with the model's chat template (server/chat_renderer.h); a template error
   // throws an Error, answered with a 400. Empty: the model has no chat template.

@@ -67,4 +67,24 @@ std::string SparsityConfig::summary() const {
   return s;
 }
 
+std::string override_incompatibility(const SparsityConfig& base, const SparsityConfig& request,
+                                     bool cache_has_summaries) {
+  if (request.has_streaming_heads() != base.has_streaming_heads())
+    return fmt::format("policy '{}' {} streaming heads, but this server's policy '{}' {}", policy_name(request.policy),
+                       request.has_streaming_heads() ? "has" : "has no", policy_name(base.policy),
+                       base.has_streaming_heads() ? "has them (choose streaming or lserve)"
+                                                  : "has none (choose dense, quest or psa)");
+  if (request.page_size != base.page_size || request.logical_page_size != base.logical_page_size ||
+      request.granularity != base.granularity || request.streaming_ratio != base.streaming_ratio ||
+      request.head_pattern_file != base.head_pattern_file || request.prefill_window.sink != base.prefill_window.sink ||
+      request.prefill_window.local != base.prefill_window.local || request.decode_window.sink != base.decode_window.sink ||
+      request.decode_window.local != base.decode_window.local)
+    return "page sizes, streaming windows, the head pattern and the selection granularity are the server's";
+  if (request.selects_pages() && !cache_has_summaries)
+    return fmt::format("policy '{}' selects pages, but this server's KV cache keeps no page summaries (start it with "
+                       "a page-selecting policy)",
+                       policy_name(request.policy));
+  return {};
+}
+
 }  // namespace lserve

@@ -58,4 +58,13 @@ struct SparsityConfig {
   std::string summary() const;  // one line: what runs
 };
 
+// Why a request's own config cannot run on an engine configured as `base` (empty when it can).
+// A request may change only what its retrieval heads read in decode: the policy (among those
+// with the same streaming heads), the token budget, the PSA knobs and the selector interval.
+// Windows, page sizes, the head pattern and the selection granularity belong to the KV cache
+// and the prefix cache, so they stay the engine's; page selection needs a cache with key
+// summaries.
+std::string override_incompatibility(const SparsityConfig& base, const SparsityConfig& request,
+                                     bool cache_has_summaries);
+
 }  // namespace lserve

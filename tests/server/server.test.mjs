@@ -243,6 +243,41 @@ test("a client that disconnects mid-stream aborts its request and frees its page
   assert.equal(m.value("lserve_requests_finished_total", 'finished_reason="abort"'), before + 1);
 });
 
+test("sparse attention per request: LServe's knobs over the server's, refused where the cache cannot run them", async () => {
+  const sparse = await startServer(["--attention", "lserve", "--token-budget", "256", "--page-size", "16", "--max-context", "4096"]);
+  try {
+    const c = new OpenAI({ baseURL: sparse.url + "/v1", apiKey: "unused", maxRetries: 0 });
+    const prompt = Array.from({ length: 1500 }, (_, i) => 100 + ((i * 37) % 5000));
+    const params = { model: MODEL, prompt, max_tokens: 24, temperature: 0, ignore_eos: true };
+    const base = await c.completions.create(params);
+    const again = await c.completions.create({ ...params, sparse_attention: {} });
+    assert.equal(again.choices[0].text, base.choices[0].text, "an empty override is the server's policy");
+    for (const sparse_attention of [{ policy: "streaming" }, { token_budget: 64, selector_interval: 1 }, { policy: "lserve", token_budget: 1024 }]) {
+      const r = await c.completions.create({ ...params, sparse_attention });
+      assert.equal(r.usage.completion_tokens, 24, JSON.stringify(sparse_attention));
+    }
+    const refused = async (sparse_attention) =>
+      assert.rejects(c.completions.create({ ...params, sparse_attention }), (e) => {
+        assert.equal(e.status, 400, JSON.stringify(sparse_attention));
+        assert.equal(e.error.param, "sparse_attention");
+        return true;
+      });
+    await refused({ policy: "dense" });          // the streaming heads' KV is gone
+    await refused({ policy: "quest" });          // no streaming heads: another cache
+    await refused({ token_budget: 100 });        // not a multiple of the 16-token page
+    await refused({ local: 512 });               // windows are the server's
+    await refused("lserve");
+    await waitIdle(sparse.url);
+  } finally {
+    await stopServer(sparse);
+  }
+  // A dense server has no page summaries: selection is refused, dense is what it runs anyway.
+  await assert.rejects(client.completions.create({ model: MODEL, prompt: "hi", max_tokens: 2, sparse_attention: { policy: "quest" } }),
+    (e) => e.status === 400 && e.error.param === "sparse_attention");
+  const dense = await client.completions.create({ model: MODEL, prompt: "hi", max_tokens: 2, sparse_attention: { policy: "dense" } });
+  assert.equal(dense.choices.length, 1);
+});
+
 test("an API key is required when set", async () => {
   const secured = await startServer(["--api-key", "sesame", "--max-context", "1024"]);
   try {

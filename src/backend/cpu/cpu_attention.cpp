@@ -217,13 +217,22 @@ void write_out(const CpuAttentionArgs& a, const WorkItem& w, const PartialState&
 
 // ---- page selection (retrieval heads of decoding sequences) ----
 
+// Granularity is the batch's (the cache's), whatever policy a sequence runs.
 int64_t selection_units(const CpuAttentionArgs& a, const AttentionBatch& batch) {
   return batch.sparsity->granularity == SelectionGranularity::KvHead ? a.num_kv_heads : a.num_heads;
 }
 
+// Whether sequence b's retrieval heads select pages this step (its own policy, if it has one).
 bool uses_selection(const AttentionBatch& batch, int32_t b) {
-  return batch.sparsity && batch.sparsity->selects_pages() && batch.decoding[static_cast<size_t>(b)] &&
+  const SparsityConfig* s = batch.sparsity_of(b);
+  return s && s->selects_pages() && batch.decoding[static_cast<size_t>(b)] &&
          batch.sequences[static_cast<size_t>(b)] != nullptr;
+}
+
+bool any_selection(const AttentionBatch& batch) {
+  for (int32_t b = 0; b < batch.num_seqs(); ++b)
+    if (!batch.decoding.empty() && uses_selection(batch, b)) return true;
+  return false;
 }
 
 // Fixed budgets leave short contexts dense; PSA always ranks.
@@ -239,7 +248,7 @@ void run_selection(const CpuAttentionArgs& a, const AttentionBatch& batch) {
   for (int32_t b = 0; b < batch.num_seqs(); ++b) {
     if (!uses_selection(batch, b)) continue;
     SequenceKv& seq = *batch.sequences[static_cast<size_t>(b)];
-    const SparsityConfig& s = *batch.sparsity;
+    const SparsityConfig& s = *batch.sparsity_of(b);
     const int64_t units = selection_units(a, batch);
     if (seq.selections.size() < static_cast<size_t>((a.layer + 1) * units))
       seq.selections.resize(static_cast<size_t>((a.layer + 1) * units));
@@ -258,7 +267,7 @@ void run_selection(const CpuAttentionArgs& a, const AttentionBatch& batch) {
 #pragma omp parallel for schedule(dynamic, 1)
   for (size_t i = 0; i < jobs.size(); ++i) {
     const Job& j = jobs[i];
-    const SparsityConfig& s = *batch.sparsity;
+    const SparsityConfig& s = *batch.sparsity_of(j.seq);
     SequenceKv& seq = *batch.sequences[static_cast<size_t>(j.seq)];
     const int32_t seq_len = batch.seq_lens[j.seq];
     const int64_t num_pages = (seq_len + a.page_size - 1) / a.page_size;
@@ -356,7 +365,7 @@ bool key_visible(HeadKind kind, int64_t query, int64_t key, bool decoding, const
 }
 
 void cpu_paged_attention(const CpuAttentionArgs& a, const AttentionBatch& batch) {
-  if (batch.sparsity && batch.sparsity->selects_pages()) run_selection(a, batch);
+  if (any_selection(batch)) run_selection(a, batch);
 
   const int64_t G = a.num_heads / a.num_kv_heads;
   std::vector<WorkItem> items;
@@ -366,7 +375,7 @@ void cpu_paged_attention(const CpuAttentionArgs& a, const AttentionBatch& batch)
     const int32_t qlen = batch.query_len(b);
     const bool decoding = !batch.decoding.empty() && batch.decoding[static_cast<size_t>(b)];
     SequenceKv* seq = batch.sequences.empty() ? nullptr : batch.sequences[static_cast<size_t>(b)];
-    const bool selecting = uses_selection(batch, b) && context_needs_selection(*batch.sparsity, batch.seq_lens[b]);
+    const bool selecting = uses_selection(batch, b) && context_needs_selection(*batch.sparsity_of(b), batch.seq_lens[b]);
     const bool per_query_head = selecting && batch.sparsity->granularity == SelectionGranularity::QueryHead;
     for (int32_t kvh = 0; kvh < a.num_kv_heads; ++kvh) {
       const HeadSlot slot = a.slots[kvh];
@@ -459,7 +468,7 @@ void reference_paged_attention(const CpuAttentionArgs& a, const AttentionBatch& 
         // The explicit mask: causal + Lambda window, then (selection) only the selected pages.
         std::vector<char> visible(static_cast<size_t>(qpos + 1));
         for (int64_t pos = 0; pos <= qpos; ++pos) visible[static_cast<size_t>(pos)] = key_visible(slot.kind, qpos, pos, decoding, batch);
-        if (seq && slot.kind == HeadKind::Retrieval && batch.sparsity && batch.sparsity->selects_pages() && decoding &&
+        if (seq && slot.kind == HeadKind::Retrieval && batch.sparsity_of(b) && batch.sparsity_of(b)->selects_pages() && decoding &&
             !seq->selections.empty()) {
           const int64_t units = selection_units(a, batch);
           const int64_t unit = batch.sparsity->granularity == SelectionGranularity::KvHead ? kvh : h;

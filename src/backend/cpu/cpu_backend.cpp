@@ -217,7 +217,7 @@ class CpuBackend final : public Backend {
     args.key_max = summaries ? cache.key_max(layer).as<float>() : nullptr;
     args.logical_page_size = cache.logical_page_size();
     args.layer = layer;
-    if (batch.sparsity && batch.sparsity->selects_pages() && !summaries && cache.heads_in_pool(HeadKind::Retrieval, layer) > 0)
+    if (batch.selects_pages() && !summaries && cache.heads_in_pool(HeadKind::Retrieval, layer) > 0)
       fail("page selection needs a KV cache with key summaries (logical page size > 0)");
     cpu_paged_attention(args, batch);
   }

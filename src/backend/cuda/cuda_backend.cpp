@@ -300,7 +300,7 @@ class CudaBackend final : public Backend {
   }
 
   static void expect_dense(const AttentionBatch& batch) {
-    if (batch.sparsity && batch.sparsity->selects_pages())
+    if (batch.selects_pages())
       fail("page selection is not yet supported by the CUDA backend (use --attention dense, or --device cpu)");
   }
 
