@@ -11,14 +11,14 @@ last one wrote and writes a new one before its time is up.
   python3 python/collect_haystack.py --out .carry/corpus
   # on the GPU machine, first call (trains the tokenizer, then the model):
   PYTHONUNBUFFERED=1 python3 python/train_long_context.py train --corpus .carry/corpus \\
-      --out $OUT/ckpt --time-budget 480
-  # later calls: the same with --resume .carry/ckpt (the files of the last $OUT/ckpt)
-  # the last call adds --decay-seconds 240 --export $OUT/export (HF folder parts, reference,
+      --out runs/ckpt --time-budget 480
+  # later calls: the same with --resume .carry/ckpt (the files of the last runs/ckpt)
+  # the last call adds --decay-seconds 240 --export runs/export (HF folder parts, reference,
   # greedy accuracy with HF transformers); then, here, with numpy only:
   python3 python/train_long_context.py assemble --ckpt .carry/ckpt --export-parts DIR \\
       --model-dir models/lserve-tiny-16k
 
-Checkpoint ($OUT/ckpt, every file < 15 MiB so that it comes back from the GPU machine):
+Checkpoint (runs/ckpt; sharded so that every file stays under 15 MiB):
   model-0000k.safetensors   fp32 master weights, HF Llama names, sharded
   state.json                step, tokens seen, training seconds, config, data seed, eval history
   tokenizer.json            the trained tokenizer
