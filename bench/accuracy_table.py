@@ -25,10 +25,10 @@ def describe(att):
 
 def main(paths):
     runs = [(Path(p).stem, json.load(open(p))) for p in paths]
-    runs.sort(key=lambda r: (r[0] != "dense", r[0]))
+    runs.sort(key=lambda r: (not r[0].startswith("dense"), r[0]))
     first = runs[0][1]
     cols = [(t, str(L)) for t in first["task_list"] for L in first["lengths"]]
-    dense = next((r["accuracy"] for n, r in runs if n == "dense"), None)
+    dense = next((r["accuracy"] for n, r in runs if n.startswith("dense")), None)
     head = ["configuration", "attention"] + [f"{t} {int(L) // 1024}K" for t, L in cols] + ["all", "vs dense"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -37,7 +37,7 @@ def main(paths):
         for t, L in cols:
             c = r["tasks"][t]["lengths"][L]
             cells.append(f"{c['correct']}/{c['total']}")
-        delta = "" if dense is None or name == "dense" else f"{100 * (r['accuracy'] - dense):+.1f}"
+        delta = "" if dense is None or name.startswith("dense") else f"{100 * (r['accuracy'] - dense):+.1f}"
         print(f"| {name} | {describe(r['attention'])} | " + " | ".join(cells) +
               f" | {100 * r['accuracy']:.1f}% | {delta} |")
     grid = first
