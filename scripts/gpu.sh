@@ -6,8 +6,8 @@
 #
 #   scripts/gpu.sh [--sanitize] [--bench] [--all]
 #
-# Build dependencies missing on the GPU image (the pcre2, utf8proc and xxhash dev files) may come
-# along as Debian packages in .carry/debs; they are unpacked into a private prefix, never into /.
+# Build dependencies missing on the GPU image may come along as Debian packages in .carry/debs
+# (scripts/gpu_env.sh unpacks them into a private prefix, never into /).
 # Logs go to $OUT when it is set (else build-gpu/logs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,24 +29,14 @@ summary=()
 status=0
 note() { summary+=("$1"); }
 
-if compgen -G ".carry/debs/*.deb" >/dev/null; then
-  prefix=/tmp/lserve-deps
-  rm -rf "$prefix" && mkdir -p "$prefix"
-  for deb in .carry/debs/*.deb; do dpkg -x "$deb" "$prefix"; done
-  pc="$prefix/usr/lib/x86_64-linux-gnu/pkgconfig"
-  sed -i "s|^prefix=.*|prefix=$prefix/usr|" "$pc"/*.pc
-  export PKG_CONFIG_PATH="$pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
-  export CMAKE_PREFIX_PATH="$prefix/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
-  export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-fi
+source scripts/gpu_env.sh
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader || true
 nvcc --version | tail -1
 
 # ---- build ----
 start=$(date +%s)
-if ! cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLSERVE_CUDA=ON -DLSERVE_BENCH=OFF \
-       -DLSERVE_FUZZ=OFF >"$logs/configure.log" 2>&1; then
+if ! cmake -S . -B "$build" "${LSERVE_GPU_CMAKE_FLAGS[@]}" >"$logs/configure.log" 2>&1; then
   tail -30 "$logs/configure.log"
   echo "gpu.sh: configure failed"
   exit 1
@@ -80,15 +70,14 @@ fi
 if [ "$sanitize" -eq 1 ]; then
   run_tool() {  # tool, gtest filter
     # Bounded: a sanitized run is 10-100x slower, and a stuck one must not eat the whole lease.
-    timeout 240 compute-sanitizer --tool "$1" --error-exitcode 99 "$tests" --gtest_color=no \
+    timeout 150 compute-sanitizer --tool "$1" --error-exitcode 99 "$tests" --gtest_color=no \
       --gtest_filter="$2" >"$logs/sanitizer-$1.log" 2>&1
     local code=$?
     note "compute-sanitizer $1: $(grep -E "(ERROR|RACECHECK) SUMMARY" "$logs/sanitizer-$1.log" | tail -1) (exit $code)"
     [ "$code" -eq 0 ] || { status=1; grep -m 20 -E "^=+ (Invalid|Race|Error|ERROR)" "$logs/sanitizer-$1.log"; }
   }
-  run_tool memcheck "CudaOps.*:CudaKvLayout.*:CudaAttention.FixedShapes:CudaAttention.Decode*:*tiny_llama*"
-  run_tool racecheck "CudaAttention.Decode*:*llama3*"
-  run_tool synccheck "CudaAttention.Decode*:*llama3*"
+  run_tool memcheck "CudaOps.*:CudaKvLayout.*:CudaAttention.FixedShapes:CudaAttention.Decode*:CudaSampling.GreedyIsTheArgmax:CudaSampling.Draws*:*GraphsChangeNothing/tiny_llama"
+  run_tool racecheck "CudaAttention.FixedShapes:CudaSampling.GreedyIsTheArgmax"
 fi
 
 # ---- attention timing ----

@@ -23,16 +23,6 @@
 namespace lserve {
 namespace {
 
-std::vector<std::filesystem::path> model_dirs() {
-  std::vector<std::filesystem::path> dirs;
-  if (std::filesystem::exists(test::fixture_models_dir()))
-    for (const auto& e : std::filesystem::directory_iterator(test::fixture_models_dir()))
-      if (std::filesystem::exists(e.path() / "reference.safetensors")) dirs.push_back(e.path());
-  std::sort(dirs.begin(), dirs.end());
-  for (const auto& d : test::bundled_model_dirs("reference.safetensors")) dirs.push_back(d);
-  return dirs;
-}
-
 template <typename T>
 std::vector<T> read_tensor(const SafetensorsFile& f, const std::string& name, DType dtype, Shape* shape = nullptr) {
   const auto it = f.tensors().find(name);
@@ -110,16 +100,12 @@ TEST_P(ModelLogits, MatchHuggingFace) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, ModelLogits, ::testing::ValuesIn(model_dirs()),
-                         [](const auto& param_info) {
-                           std::string n = param_info.param.filename().string();
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(Fixtures, ModelLogits, ::testing::ValuesIn(test::reference_model_dirs()),
+                         [](const auto& param_info) { return test::model_test_name(param_info.param); });
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(ModelLogits);
 
 TEST(ModelLogitsFixtures, ArePresent) {
-  EXPECT_GE(model_dirs().size(), 6u) << "run python/make_fixtures.py on a machine with transformers";
+  EXPECT_GE(test::reference_model_dirs().size(), 6u) << "run python/make_fixtures.py on a machine with transformers";
 }
 
 TEST(DummyWeights, RunAnyConfig) {

@@ -1,6 +1,7 @@
 // Helpers shared by the unit tests: temporary folders, fixture paths, random data.
 #pragma once
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -19,6 +20,25 @@ inline std::vector<std::filesystem::path> bundled_model_dirs(const std::string& 
   for (const char* name : {"tiny-llama", "lserve-tiny-16k"})
     if (std::filesystem::exists(source_dir() / "models" / name / file)) dirs.push_back(source_dir() / "models" / name);
   return dirs;
+}
+
+// Every model folder with HF reference logits (reference.safetensors): the fixtures under
+// tests/fixtures/models in name order, then the bundled models.
+inline std::vector<std::filesystem::path> reference_model_dirs() {
+  std::vector<std::filesystem::path> dirs;
+  if (std::filesystem::exists(fixture_models_dir()))
+    for (const auto& e : std::filesystem::directory_iterator(fixture_models_dir()))
+      if (std::filesystem::exists(e.path() / "reference.safetensors")) dirs.push_back(e.path());
+  std::sort(dirs.begin(), dirs.end());
+  for (const auto& d : bundled_model_dirs("reference.safetensors")) dirs.push_back(d);
+  return dirs;
+}
+
+// A parameterized test's name for a model folder (gtest names allow no '-').
+inline std::string model_test_name(const std::filesystem::path& dir) {
+  std::string n = dir.filename().string();
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
 }
 
 // The smallest shape worth paging: 2 layers, 4 query heads over 2 KV heads of dim 8.

@@ -114,19 +114,33 @@ Timing time_case(Backend& gpu, const Case& c, int32_t page_size) {
                                  std::min(block.size() * 2, qmem->size() - off), cudaMemcpyHostToDevice));
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
-  gpu.begin_step(batch);
+  gpu.begin_step(batch, AttentionHeads{static_cast<int32_t>(kHeads), static_cast<int32_t>(kKvHeads),
+                                       static_cast<int32_t>(kHeadDim)});
   gpu.attention(cache, 0, q, batch, scale, out);  // warm-up: module load, plan upload
   gpu.synchronize();
-  // Repeat until ~0.3 s of work, at least 3 times; each repeat is timed on its own.
+  // Timed on the GPU with events around `reps` back-to-back launches (as a decode step's layers
+  // run them: no host sync in between), so a short kernel's time is its own and not the host's
+  // launch-and-wait latency. reps is picked so one sample is ~20 ms of work.
+  cudaEvent_t e0, e1;
+  LSERVE_CUDA_CHECK(cudaEventCreate(&e0));
+  LSERVE_CUDA_CHECK(cudaEventCreate(&e1));
+  const auto t0 = std::chrono::steady_clock::now();
+  gpu.attention(cache, 0, q, batch, scale, out);
+  gpu.synchronize();
+  const double once = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const int reps = std::clamp(static_cast<int>(20.0 / std::max(once, 1e-3)), 1, 200);
   std::vector<double> ms;
-  double spent = 0;
-  while (ms.size() < 3 || (spent < 300 && ms.size() < 50)) {
-    const auto t0 = std::chrono::steady_clock::now();
-    gpu.attention(cache, 0, q, batch, scale, out);
-    gpu.synchronize();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    spent += ms.back();
+  for (int sample = 0; sample < 7; ++sample) {
+    LSERVE_CUDA_CHECK(cudaEventRecord(e0, cuda_stream_of(gpu)));
+    for (int r = 0; r < reps; ++r) gpu.attention(cache, 0, q, batch, scale, out);
+    LSERVE_CUDA_CHECK(cudaEventRecord(e1, cuda_stream_of(gpu)));
+    LSERVE_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    LSERVE_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    ms.push_back(static_cast<double>(t) / reps);
   }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
   return {median(ms), kv_bytes, flops};
 }
 
@@ -141,9 +155,14 @@ int run() {
   std::printf("copy bandwidth (device to device, read + write): %.0f GB/s\n\n", bw);
   const std::vector<Case> cases = {
       {"prefill 32K (one pass, causal)", {{0, 32768}}},
+      {"prefill 128K (one pass, causal)", {{0, 131072}}},
       {"prefill 2K chunk after 30K", {{30720, 2048}}},
+      {"decode 64K x1", {{65535, 1}}},
       {"decode 128K x1", {{131071, 1}}},
+      {"decode 256K x1", {{262143, 1}}},
+      {"decode 64K x8", std::vector<std::pair<int32_t, int32_t>>(8, {65535, 1})},
       {"decode 128K x8", std::vector<std::pair<int32_t, int32_t>>(8, {131071, 1})},
+      {"decode 256K x8", std::vector<std::pair<int32_t, int32_t>>(8, {262143, 1})},
       {"decode 8K x64", std::vector<std::pair<int32_t, int32_t>>(64, {8191, 1})},
   };
   std::printf("%-34s %5s %10s %12s %12s %10s\n", "case (32/8 heads, d 128)", "page", "ms", "KV GB/s", "% of copy",

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -43,6 +44,33 @@ class HostMemory final : public DeviceMemory {
   HostBuffer buffer_;
 };
 
+// The attention shape of the model a step runs: a backend plans the step's attention once for
+// all layers from it (begin_step).
+struct AttentionHeads {
+  int32_t num_heads = 0, num_kv_heads = 0, head_dim = 0;
+};
+
+// What a recorded step (run_step) is recorded for: the step's shape, and the identity of every
+// caller-owned buffer its ops read or write (a changed buffer means a new recording).
+struct StepKey {
+  int32_t num_tokens = 0, num_seqs = 0, num_logit_rows = 0;
+  bool samples = false;   // the ops end with sample()
+  uint64_t buffers = 0;   // a hash of the caller's buffers (model scratch, KV pools)
+  bool operator==(const StepKey&) const = default;
+};
+
+// One row's sampling on the device (Backend::sample): SamplingParams without the penalties,
+// which need the sequence's token history. The draw is a function of (seed, counter) alone,
+// so a request samples the same tokens whatever it is batched with.
+struct DeviceSampling {
+  float temperature = 0.0f;  // <= 0: greedy (argmax, lowest id on ties)
+  int32_t top_k = 0;         // 0: off
+  float top_p = 1.0f;        // 1: off
+  float min_p = 0.0f;        // 0: off
+  uint64_t seed = 0;
+  uint64_t counter = 0;      // which draw of the request this is (tokens generated so far)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -65,7 +93,35 @@ class Backend {
   // Called once per forward pass before any layer runs: a backend copies the batch's page
   // tables and slot mapping to its device here (the "plan"), so the per-layer ops below only
   // read them. The batch must stay alive and unchanged until the step's last op.
-  virtual void begin_step(const AttentionBatch& batch) { (void)batch; }
+  virtual void begin_step(const AttentionBatch& batch, const AttentionHeads& heads) {
+    (void)batch;
+    (void)heads;
+  }
+
+  // Runs `ops`, the launches of one step between begin_step and its last op. A backend that can
+  // record launches (CUDA graphs) records them the first time it sees `key` when `recordable`,
+  // and replays the recording for later steps with the same key instead of calling ops. Ops of
+  // a recordable step must therefore do no host work that differs between steps: every input is
+  // on the device before the call (begin_step, upload, set_sampling), and nothing inside ops
+  // uploads or downloads. The default runs ops.
+  virtual void run_step(const StepKey& key, bool recordable, const std::function<void()>& ops) {
+    (void)key;
+    (void)recordable;
+    ops();
+  }
+
+  // ---- sampling on the device ----
+  // Whether sample() exists; without it the caller downloads logits and samples on the host.
+  virtual bool samples_on_device() const { return false; }
+  // The rows' parameters for the next sample() (copied to the device now, outside any recording).
+  virtual void set_sampling(std::span<const DeviceSampling> rows) { (void)rows; }
+  // tokens[r] (i32 on the device) = a draw from logits row r ([R, V] f32 on the device) under
+  // the r-th row set by set_sampling.
+  virtual void sample(const Tensor& logits, Tensor tokens) {
+    (void)logits;
+    (void)tokens;
+    fail("the {} backend samples on the host", name());
+  }
 
   // ---- ops ----
   // dst[i, :] = src[rows[i], :].  src: [T, H], dst: [rows.size(), H]; rows on the host.

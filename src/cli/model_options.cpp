@@ -27,6 +27,8 @@ void add_model_options(CLI::App* cmd, ModelOptions& o) {
       ->check(CLI::IsMember({"auto", "dummy"}));
   cmd->add_option("--device", o.device, "where the model runs: cpu, or cuda (GPU 0; needs a build with LSERVE_CUDA=ON)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_flag("--no-cuda-graphs", o.no_cuda_graphs,
+               "with --device cuda: launch every kernel from the host instead of replaying decode steps as CUDA graphs");
   cmd->add_option("--threads,-t", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-context", o.max_context, "longest sequence served (default: the model's max_position_embeddings)")
       ->check(CLI::NonNegativeNumber);
@@ -127,7 +129,9 @@ LoadedModel load_model(const ModelOptions& o) {
 
   if (o.device == "cuda") {
 #ifdef LSERVE_HAVE_CUDA
-    m.backend = make_cuda_backend(0);
+    CudaBackendOptions cuda;
+    cuda.graphs = !o.no_cuda_graphs;
+    m.backend = make_cuda_backend(cuda);
 #else
     fail("--device cuda: this lserve was built without the CUDA backend (configure with -DLSERVE_CUDA=ON)");
 #endif

@@ -158,13 +158,17 @@ void Engine::finish(Sequence& seq, FinishReason reason, std::string error, Reque
 void Engine::sample(Sequence& seq, float* logits) {
   const int64_t V = model_.config().vocab_size;
   const std::span<float> row(logits, static_cast<size_t>(V));
-  RequestOutput out;
   std::optional<TokenLogprob> lp;
   std::vector<float> raw;
   if (seq.params.logprobs) raw.assign(row.begin(), row.end());  // the sampler adjusts `row`
   const auto generated = std::span<const int32_t>(seq.tokens).subspan(static_cast<size_t>(seq.prompt_len));
   const int32_t token = seq.sampler.sample(row, seq.tokens, generated);
   if (seq.params.logprobs) lp = logprobs_of(raw, token, seq.params.top_logprobs);
+  accept(seq, token, std::move(lp));
+}
+
+void Engine::accept(Sequence& seq, int32_t token, std::optional<TokenLogprob> lp) {
+  RequestOutput out;
   seq.tokens.push_back(token);
   ++generation_tokens_;
 
@@ -240,9 +244,22 @@ bool Engine::step() {
   }
   const AttentionBatch batch = plan_step(cache_, plan, &sparsity_);
   const int64_t V = model_.config().vocab_size;
-  logits_.resize(logit_rows.size() * static_cast<size_t>(V));
+  // Tokens are drawn on the device when it can (only they come back, not the logits), unless a
+  // request needs what only the host sampler has: penalties over its history, or logprobs.
+  bool on_device = model_.backend().samples_on_device();
+  for (const Sequence* seq : samplers)
+    on_device = on_device && !seq->params.logprobs && device_can_sample(seq->params.sampling);
   try {
-    model_.forward(tokens, batch, cache_, logit_rows, logits_.data());
+    if (on_device) {
+      std::vector<DeviceSampling> rows;
+      for (const Sequence* seq : samplers)
+        rows.push_back(device_sampling(seq->params.sampling, static_cast<uint64_t>(seq->num_generated())));
+      sampled_.resize(samplers.size());
+      model_.forward_sampled(tokens, batch, cache_, logit_rows, rows, sampled_.data());
+    } else {
+      logits_.resize(logit_rows.size() * static_cast<size_t>(V));
+      model_.forward(tokens, batch, cache_, logit_rows, logits_.data());
+    }
   } catch (const std::exception& e) {
     // The step's sequences cannot continue (their KV is incomplete); the others are unaffected.
     spdlog::error("forward step failed: {}", e.what());
@@ -268,7 +285,10 @@ bool Engine::step() {
     trim_after_step(cache_, seq.kv, seq.num_computed, !seq.prefilling(), sparsity_);
   }
   for (size_t i = 0; i < samplers.size(); ++i) {
-    sample(*samplers[i], logits_.data() + i * static_cast<size_t>(V));
+    if (on_device)
+      accept(*samplers[i], sampled_[i], std::nullopt);
+    else
+      sample(*samplers[i], logits_.data() + i * static_cast<size_t>(V));
   }
   update_stats();
   return true;

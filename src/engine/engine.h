@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -77,6 +78,8 @@ class Engine {
   void validate(const RequestParams& params) const;
   void finish(Sequence& seq, FinishReason reason, std::string error = {}, RequestOutput out = {});
   void sample(Sequence& seq, float* logits);
+  // Appends a sequence's next token and reports it (or finishes the sequence).
+  void accept(Sequence& seq, int32_t token, std::optional<TokenLogprob> logprob);
   void update_stats();
   void loop();
 
@@ -91,6 +94,7 @@ class Engine {
   // Owned by the engine thread.
   std::unordered_map<uint64_t, std::unique_ptr<Sequence>> sequences_;
   std::vector<float> logits_;
+  std::vector<int32_t> sampled_;  // tokens drawn on the device, one per logit row
   int64_t prompt_tokens_ = 0, generation_tokens_ = 0, steps_ = 0;
 
   // Shared with submitting threads.

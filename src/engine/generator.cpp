@@ -33,7 +33,8 @@ Generator::Generator(LlamaModel& model, KvCache& cache, const Tokenizer* tokeniz
 }
 
 void Generator::step(SequenceKv& seq, std::span<const int32_t> tokens, bool decoding, bool prefill_done,
-                     std::span<const int32_t> logit_rows, float* logits) {
+                     std::span<const int32_t> logit_rows, float* logits, const DeviceSampling* sampling,
+                     int32_t* sampled) {
   const auto n = static_cast<int64_t>(tokens.size());
   const int64_t start = seq.num_tokens();
   if (start + n > model_.max_context())
@@ -42,7 +43,10 @@ void Generator::step(SequenceKv& seq, std::span<const int32_t> tokens, bool deco
   const StepChunk chunk{&seq, start, n, decoding, nullptr};
   const AttentionBatch batch = plan_step(cache_, std::span<const StepChunk>(&chunk, 1), sparsity_);
   seq.kv_tokens_read = seq.kv_head_reads = 0;
-  model_.forward(tokens, batch, cache_, logit_rows, logits);
+  if (sampling && !logit_rows.empty())
+    model_.forward_sampled(tokens, batch, cache_, logit_rows, std::span<const DeviceSampling>(sampling, 1), sampled);
+  else
+    model_.forward(tokens, batch, cache_, logit_rows, logits);
   if (decoding) ++seq.decode_steps;
   trim_after_step(cache_, seq, start + n, prefill_done, *sparsity_);
 }
@@ -74,6 +78,16 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
     if (on_text) on_text(piece);
   };
 
+  // Tokens are drawn on the device where it can (only they come back, not the logits); the
+  // penalties need the host sampler.
+  const bool on_device = model_.backend().samples_on_device() && device_can_sample(req.sampling);
+  DeviceSampling draw;
+  int32_t drawn = 0;
+  auto next_draw = [&](int64_t counter) {
+    draw = device_sampling(req.sampling, static_cast<uint64_t>(counter));
+    return on_device ? &draw : nullptr;
+  };
+
   // Prefill in chunks; only the last chunk's last row needs logits.
   const auto t0 = Clock::now();
   const auto prompt = std::span<const int32_t>(req.prompt);
@@ -82,7 +96,7 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
     const bool last = begin + n == result.prompt_tokens;
     const int32_t row = static_cast<int32_t>(n - 1);
     step(seq.seq, prompt.subspan(static_cast<size_t>(begin), static_cast<size_t>(n)), false, last,
-         last ? std::span<const int32_t>(&row, 1) : std::span<const int32_t>(), logits.data());
+         last ? std::span<const int32_t>(&row, 1) : std::span<const int32_t>(), logits.data(), next_draw(0), &drawn);
   }
   result.prefill_seconds = seconds_since(t0);
   double kv_read_sum = 0;
@@ -90,7 +104,7 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
   const auto t1 = Clock::now();
   bool stopped = false;
   for (int64_t i = 0; i < req.max_tokens && !stopped; ++i) {
-    const int32_t token = sampler.sample(logits, context, result.tokens);
+    const int32_t token = on_device ? drawn : sampler.sample(logits, context, result.tokens);
     result.tokens.push_back(token);
     context.push_back(token);
     const bool is_eos = std::find(req.eos_token_ids.begin(), req.eos_token_ids.end(), token) != req.eos_token_ids.end();
@@ -109,7 +123,8 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
     }
     if (i + 1 == req.max_tokens) break;  // the last token needs no forward pass
     const int32_t row = 0;
-    step(seq.seq, std::span<const int32_t>(&token, 1), true, true, std::span<const int32_t>(&row, 1), logits.data());
+    step(seq.seq, std::span<const int32_t>(&token, 1), true, true, std::span<const int32_t>(&row, 1), logits.data(),
+         next_draw(i + 1), &drawn);
     ++result.decode_steps;
     if (seq.seq.kv_head_reads)
       kv_read_sum += static_cast<double>(seq.seq.kv_tokens_read) / static_cast<double>(seq.seq.kv_head_reads);

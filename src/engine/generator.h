@@ -65,9 +65,11 @@ class Generator {
   // Appends `tokens` at positions seq.num_tokens().. and computes them in one forward pass;
   // writes logits of the rows in `logit_rows` (relative to the chunk) to `logits`. `decoding`:
   // a decode step (selection, decode windows); `prefill_done`: the next step decodes (so
-  // streaming heads keep only the decode window afterwards).
+  // streaming heads keep only the decode window afterwards). With `sampling`, the one logit
+  // row's next token is drawn on the device into *sampled instead (logits untouched).
   void step(SequenceKv& seq, std::span<const int32_t> tokens, bool decoding, bool prefill_done,
-            std::span<const int32_t> logit_rows, float* logits);
+            std::span<const int32_t> logit_rows, float* logits, const DeviceSampling* sampling = nullptr,
+            int32_t* sampled = nullptr);
 
   LlamaModel& model_;
   KvCache& cache_;

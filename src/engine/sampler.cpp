@@ -18,6 +18,21 @@ void SamplingParams::validate() const {
   if (!(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f)) fail("frequency_penalty must be in [-2, 2]");
 }
 
+bool device_can_sample(const SamplingParams& params) {
+  return params.repetition_penalty == 1.0f && params.presence_penalty == 0.0f && params.frequency_penalty == 0.0f;
+}
+
+DeviceSampling device_sampling(const SamplingParams& params, uint64_t counter) {
+  DeviceSampling d;
+  d.temperature = params.greedy() ? 0.0f : params.temperature;
+  d.top_k = params.top_k;
+  d.top_p = params.top_p;
+  d.min_p = params.min_p;
+  d.seed = params.seed;
+  d.counter = counter;
+  return d;
+}
+
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) { params_.validate(); }
 
 int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> context,

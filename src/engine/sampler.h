@@ -7,6 +7,8 @@
 #include <span>
 #include <vector>
 
+#include "backend/backend.h"
+
 namespace lserve {
 
 struct SamplingParams {
@@ -23,6 +25,12 @@ struct SamplingParams {
   // Throws Error on out-of-range values.
   void validate() const;
 };
+
+// Whether these parameters can be applied on the device (Backend::sample): all but the
+// penalties, which need the sequence's history.
+bool device_can_sample(const SamplingParams& params);
+// The device row for a request's `counter`-th draw (its number of generated tokens so far).
+DeviceSampling device_sampling(const SamplingParams& params, uint64_t counter);
 
 class Sampler {
  public:

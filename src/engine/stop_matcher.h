@@ -4,6 +4,7 @@
 // itself is not returned, as in the OpenAI API).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>

@@ -10,7 +10,7 @@ namespace lserve {
 struct LlamaModel::Scratch {
   int64_t capacity = 0, logit_capacity = 0;
   std::shared_ptr<DeviceMemory> memory, logit_memory;
-  Tensor ids, positions, hidden, normed, q, k, v, attn, gate, up, rows, logits;
+  Tensor ids, positions, hidden, normed, q, k, v, attn, gate, up, rows, logits, sampled;
 };
 
 LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights, Backend& backend, int64_t max_context)
@@ -69,51 +69,92 @@ void LlamaModel::ensure_scratch(int64_t T, int64_t R) {
   }
   if (R > s.logit_capacity) {
     // Logits in f32 on every backend: bf16 would round away the margins greedy decoding compares.
-    s.logit_memory = backend_.allocate(static_cast<size_t>(R * config_.vocab_size) * sizeof(float));
+    const size_t logit_bytes = static_cast<size_t>(R * config_.vocab_size) * sizeof(float);
+    s.logit_memory = backend_.allocate(logit_bytes + static_cast<size_t>(R) * sizeof(int32_t));
     s.logits = s.logit_memory->view(DType::F32, Shape{R, config_.vocab_size}, dev);
+    s.sampled = Tensor{static_cast<char*>(s.logit_memory->data()) + logit_bytes, DType::I32, Shape{R}, dev};
     s.logit_capacity = R;
   }
 }
 
 void LlamaModel::forward(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
                          std::span<const int32_t> logit_rows, float* logits) {
+  run(token_ids, batch, cache, logit_rows, {}, logits, nullptr);
+}
+
+void LlamaModel::forward_sampled(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
+                                 std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling,
+                                 int32_t* tokens) {
+  LSERVE_CHECK(backend_.samples_on_device(), "the {} backend cannot sample", backend_.name());
+  LSERVE_CHECK(sampling.size() == logit_rows.size(), "{} sampling rows for {} logit rows", sampling.size(),
+               logit_rows.size());
+  run(token_ids, batch, cache, logit_rows, sampling, nullptr, tokens);
+}
+
+void LlamaModel::run(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
+                     std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling, float* logits,
+                     int32_t* tokens) {
   const int64_t T = static_cast<int64_t>(token_ids.size());
   const int64_t R = static_cast<int64_t>(logit_rows.size());
   LSERVE_CHECK(T == batch.num_tokens() && static_cast<int64_t>(batch.positions.size()) == T,
                "batch describes {} tokens, {} given", batch.num_tokens(), T);
   for (int32_t p : batch.positions)
     if (p < 0 || p >= max_context_) fail("position {} is beyond the max context {}", p, max_context_);
+  for (int32_t r : logit_rows) LSERVE_CHECK(r >= 0 && r < T, "logit row {} outside the step's {} rows", r, T);
   if (T == 0) return;
   ensure_scratch(T, R);
   Scratch& s = *scratch_;
   const float eps = static_cast<float>(config_.rms_norm_eps);
 
-  backend_.begin_step(batch);
+  // Everything the step reads goes to the device first, so that the ops below are launches only
+  // and a backend may record them once and replay them (decode steps, as CUDA graphs).
+  backend_.begin_step(batch, AttentionHeads{static_cast<int32_t>(config_.num_heads),
+                                            static_cast<int32_t>(config_.num_kv_heads),
+                                            static_cast<int32_t>(config_.head_dim)});
   Tensor ids = s.ids.rows(0, T), positions = s.positions.rows(0, T);
   backend_.upload(ids, token_ids.data());
   backend_.upload(positions, batch.positions.data());
-  Tensor hidden = s.hidden.rows(0, T), normed = s.normed.rows(0, T);
-  backend_.embedding(ids, weights_.embed_tokens, hidden);
-  backend_.rms_norm(hidden, weights_.layers[0].input_norm, eps, normed);
+  const bool sampled = tokens != nullptr;
+  if (sampled) backend_.set_sampling(sampling);
+  // Rows 0..R-1 in order (every decode step) feed lm_head in place; others are gathered.
+  bool identity_rows = true;
+  for (int64_t i = 0; i < R; ++i) identity_rows = identity_rows && logit_rows[static_cast<size_t>(i)] == i;
+  const bool decode_only = T == batch.num_seqs();
+  const StepKey key{static_cast<int32_t>(T), batch.num_seqs(), static_cast<int32_t>(R), sampled,
+                    buffers_identity(cache)};
 
-  for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
-    attention_block(layer, T, batch, cache);
-    // hidden += attn @ o_proj^T, then normed = post-attention norm of hidden.
-    Tensor o = s.rows.rows(0, T);  // reuse: [T, H]
-    backend_.linear(s.attn.rows(0, T), weights_.layers[layer].o_proj, Tensor{}, o);
-    backend_.add_rms_norm(hidden, o, weights_.layers[layer].post_attention_norm, eps, normed);
-    mlp_block(layer, T);
-    const Tensor& next_norm =
-        layer + 1 < config_.num_layers ? weights_.layers[layer + 1].input_norm : weights_.final_norm;
-    backend_.add_rms_norm(hidden, s.rows.rows(0, T), next_norm, eps, normed);
-  }
+  backend_.run_step(key, decode_only && identity_rows, [&] {
+    Tensor hidden = s.hidden.rows(0, T), normed = s.normed.rows(0, T);
+    backend_.embedding(ids, weights_.embed_tokens, hidden);
+    backend_.rms_norm(hidden, weights_.layers[0].input_norm, eps, normed);
+    for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
+      attention_block(layer, T, batch, cache);
+      // hidden += attn @ o_proj^T, then normed = post-attention norm of hidden.
+      Tensor o = s.rows.rows(0, T);  // reuse: [T, H]
+      backend_.linear(s.attn.rows(0, T), weights_.layers[layer].o_proj, Tensor{}, o);
+      backend_.add_rms_norm(hidden, o, weights_.layers[layer].post_attention_norm, eps, normed);
+      mlp_block(layer, T);
+      const Tensor& next_norm =
+          layer + 1 < config_.num_layers ? weights_.layers[layer + 1].input_norm : weights_.final_norm;
+      backend_.add_rms_norm(hidden, s.rows.rows(0, T), next_norm, eps, normed);
+    }
+    if (R == 0) return;
+    // Only the requested rows go through lm_head (a prefill chunk needs just its last row).
+    Tensor picked = normed.rows(0, R);
+    if (!identity_rows) {
+      picked = s.rows.rows(0, R);
+      backend_.gather_rows(normed, logit_rows, picked);
+    }
+    backend_.linear(picked, weights_.lm_head, Tensor{}, s.logits.rows(0, R));
+    if (sampled) backend_.sample(s.logits.rows(0, R), s.sampled.rows(0, R));
+  });
 
   if (R == 0) return;
-  // Only the requested rows go through lm_head (a prefill chunk needs just its last row).
-  Tensor picked = s.rows.rows(0, R);
-  backend_.gather_rows(normed, logit_rows, picked);
+  if (sampled) {
+    backend_.download(s.sampled.rows(0, R), tokens);
+    return;
+  }
   Tensor out = s.logits.rows(0, R);
-  backend_.linear(picked, weights_.lm_head, Tensor{}, out);
   if (out.dtype == DType::F32) {
     backend_.download(out, logits);
   } else {
@@ -121,6 +162,17 @@ void LlamaModel::forward(std::span<const int32_t> token_ids, const AttentionBatc
     backend_.download(out, tmp.data());
     convert_to_f32(tmp.data(), out.dtype, logits, tmp.size());
   }
+}
+
+uint64_t LlamaModel::buffers_identity(const KvCache& cache) const {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](const void* p) { h = (h ^ reinterpret_cast<uintptr_t>(p)) * 1099511628211ull; };
+  mix(this);
+  mix(scratch_->memory ? scratch_->memory->data() : nullptr);
+  mix(scratch_->logit_memory ? scratch_->logit_memory->data() : nullptr);
+  mix(&cache);
+  mix(cache.k_pages(0).data);
+  return h;
 }
 
 void LlamaModel::attention_block(int64_t layer, int64_t T, const AttentionBatch& batch, KvCache& cache) {

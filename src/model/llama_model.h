@@ -39,10 +39,21 @@ class LlamaModel {
   // `logits` ([logit_rows.size(), vocab] f32, host).
   void forward(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
                std::span<const int32_t> logit_rows, float* logits);
+  // The same step, but logit row i's next token is drawn on the device under sampling[i]
+  // (Backend::sample) and only the tokens come back: tokens[i] for logit_rows[i]. Needs a
+  // backend that samples_on_device().
+  void forward_sampled(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
+                       std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling,
+                       int32_t* tokens);
 
  private:
   struct Scratch;
+  void run(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
+           std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling, float* logits,
+           int32_t* tokens);
   void ensure_scratch(int64_t num_tokens, int64_t num_logit_rows);
+  // Identifies the buffers a step's ops touch (scratch, the KV pools): part of a recorded step's key.
+  uint64_t buffers_identity(const KvCache& cache) const;
   void attention_block(int64_t layer, int64_t T, const AttentionBatch& batch, KvCache& cache);
   void mlp_block(int64_t layer, int64_t T);
 

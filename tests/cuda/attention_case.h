@@ -102,7 +102,7 @@ struct AttentionProblem {
     const int64_t T = other.num_tokens(), HD = shape.num_heads * shape.head_dim;
     Owned qt = put(b, Shape{T, HD}, queries);
     Owned out = poisoned(b, b.compute_dtype(), Shape{T, HD});
-    b.begin_step(other);
+    b.begin_step(other, AttentionHeads{});
     b.attention(cache, 0, qt.t, other, scale(), out.t);
     return fetch(b, out.t);
   }

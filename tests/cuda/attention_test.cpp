@@ -1,7 +1,8 @@
 // The GPU paged attention (tensor-core prefill and split decode kernels, and the plain reference
 // kernel) against the CPU backend's attention, on fresh random problems: GQA ratios from 1 to 32,
 // head dims 8 to 128, page sizes 1 to 256, ragged lengths, prefill chunks on earlier context,
-// decode batches of different lengths, mixed batches. Unwritten cache slots hold NaN.
+// decode batches of different lengths, mixed batches, prompts of several thousand tokens.
+// Unwritten cache slots hold NaN.
 #include <gtest/gtest.h>
 
 #include "attention_case.h"
@@ -82,6 +83,35 @@ TEST_F(CudaAttention, RandomShapes) {
     }
     check(s);
   }
+}
+
+TEST_F(CudaAttention, LongPrefill) {
+  // Lengths at which the prefill pipeline runs through many KV stages (on sm_90 head_dim 64 and
+  // 128 take the wgmma kernel): a 4K prompt and an 8K one, long chunks after long context, pages
+  // shorter than a key tile and a page size that divides nothing, GQA 1 to 16, lengths that are
+  // multiples of neither 64 nor 128, and a decode batched beside a prefill.
+  const std::vector<AttentionShape> shapes = {
+      {32, 8, 128, 64, {{0, 4096}}},                 // Llama-3-8B heads, one 4K prompt
+      {8, 1, 128, 64, {{0, 8192}}},                  // GQA 8, an 8K prompt
+      {32, 8, 128, 16, {{0, 1000}, {5000, 1500}}},   // a 1500-token chunk after 5000
+      {16, 4, 128, 3, {{0, 1337}, {2500, 700}}},     // 3-token pages: every tile spans many
+      {8, 8, 64, 64, {{0, 2100}, {3000, 129}}},      // MHA
+      {32, 2, 64, 16, {{6000, 300}, {0, 999}}},      // GQA 16
+      {16, 4, 64, 128, {{4100, 1}, {0, 3001}}},      // decode beside a prefill
+  };
+  for (const auto& s : shapes) check(s);
+}
+
+TEST_F(CudaAttention, PrefillIsBitIdenticalWhateverTheBatch) {
+  // A prefill sequence's query tiles depend on the sequence alone: batched with others or run
+  // alone, its output is the same to the bit.
+  const AttentionProblem prob(AttentionShape{32, 8, 128, 16, {{300, 700}, {0, 1000}, {2000, 1}, {50, 77}}}, rng_);
+  const auto cache = prob.make_cache(*gpu_);
+  const auto batched = prob.run(*gpu_, *cache);
+  const AttentionBatch one = prob.first_sequence();
+  const std::vector<float> q0(prob.q.begin(), prob.q.begin() + 700 * 32 * 128);
+  const auto alone = prob.run(*gpu_, *cache, one, q0);
+  ASSERT_TRUE(std::equal(alone.begin(), alone.end(), batched.begin())) << "seed " << seed_;
 }
 
 TEST_F(CudaAttention, DecodeIsBitIdenticalWhateverTheBatch) {

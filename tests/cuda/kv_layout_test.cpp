@@ -42,9 +42,9 @@ TEST(CudaKvLayout, AppendMatchesCpuLayoutExactly) {
     const auto k = test::random_bf16(static_cast<size_t>(T * KV), rng), v = test::random_bf16(k.size(), rng);
     auto ck = test::put(*cpu, Shape{T, KV}, k), cv = test::put(*cpu, Shape{T, KV}, v);
     auto gk = test::put(*gpu, Shape{T, KV}, k), gv = test::put(*gpu, Shape{T, KV}, v);
-    cpu->begin_step(prob.batch);
+    cpu->begin_step(prob.batch, AttentionHeads{});
     cpu->kv_append(*cc, 1, ck.t, cv.t, prob.batch);
-    gpu->begin_step(prob.batch);
+    gpu->begin_step(prob.batch, AttentionHeads{});
     gpu->kv_append(*gc, 1, gk.t, gv.t, prob.batch);
     for (int kv = 0; kv < 2; ++kv) {
       for (int64_t layer = 0; layer < 2; ++layer) {

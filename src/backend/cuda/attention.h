@@ -3,7 +3,9 @@
 //   attention_reference  plain CUDA-core kernel, one block per (token, head); any head_dim.
 //                        The correctness reference for the fast kernels and their fallback.
 //   attention_prefill    tensor cores (mma.sync m16n8k16 bf16, f32 accumulate), a 64-row query
-//                        tile (GQA heads packed as rows) walking an iterator over KV tiles.
+//                        tile (GQA heads packed as rows) walking an iterator over KV tiles. On
+//                        sm_90 head_dim 64 and 128 go to attention_prefill_hopper instead: wgmma,
+//                        128-row tiles, a producer warpgroup loading K/V for two consumers.
 //   attention_decode     one query per sequence, split along the context (flash-decoding);
 //                        attention_decode_merge combines the splits' partial softmax states.
 // attention_plan.h decides which sequence goes to which kernel and how it is split.
@@ -33,12 +35,16 @@ struct AttentionParams {
   float scale;
 };
 
-// Query tile of the prefill kernel: rows row_begin .. row_begin + kPrefillRows - 1 of sequence
-// `seq`, where row r is (new token r / G, head r % G of the KV head's group of G).
+// Query tile of a prefill plan item: rows row_begin .. row_begin + kPrefillItemRows - 1 of
+// sequence `seq`, where row r is (new token r / G, head r % G of the KV head's group of G). The
+// Hopper kernel takes an item per block; the portable kernel splits it into blocks of
+// kPrefillRows. Items have the same size on every device and head_dim, so a plan needs neither.
 struct PrefillItem {
   int32_t seq, row_begin;
 };
+inline constexpr int kPrefillItemRows = 128;
 inline constexpr int kPrefillRows = 64;
+static_assert(kPrefillItemRows % kPrefillRows == 0, "an item is whole blocks of the portable kernel");
 
 // Keys [key_begin, key_end) of a single-query sequence. partial < 0: the item covers the whole
 // context and writes the output; otherwise it writes partial state `partial`, merged later.
@@ -49,20 +55,51 @@ struct DecodeItem {
 struct MergeItem {
   int32_t seq, first_partial, num_splits;
 };
-inline constexpr int kDecodeMaxGroup = 16;  // query heads per KV head the decode kernel packs
-inline constexpr int kDecodeSplitKeys = 512;  // keys per split: a function of the sequence alone
+inline constexpr int kDecodeMaxGroup = 16;      // query heads per KV head the decode kernel packs
+inline constexpr int kDecodeTileKeys = 64;      // keys per tile of the decode kernel
+inline constexpr int kDecodeMinSplitKeys = 512; // a split shorter than this costs more than it saves
+
+// How a sequence of `seq_len` keys is split: into at most `max_splits` splits of whole tiles and
+// at least kDecodeMinSplitKeys keys each. A function of the sequence's length and a device
+// constant (max_splits: enough splits of one sequence to fill the GPU, decode_max_splits), never
+// of the rest of the batch, so a request's attention is bit-identical whatever it is batched with.
+struct DecodeSplits {
+  int32_t count, keys;  // number of splits, keys per split (the last may have fewer)
+};
+inline DecodeSplits decode_splits(int32_t seq_len, int32_t max_splits) {
+  const int32_t by_min = (seq_len + kDecodeMinSplitKeys - 1) / kDecodeMinSplitKeys;
+  const int32_t want = by_min < max_splits ? by_min : max_splits;
+  const int32_t per = want <= 1 ? seq_len : (seq_len + want - 1) / want;
+  const int32_t keys = (per + kDecodeTileKeys - 1) / kDecodeTileKeys * kDecodeTileKeys;
+  return {keys == 0 ? 1 : (seq_len + keys - 1) / keys, keys == 0 ? kDecodeTileKeys : keys};
+}
+
+// Splits per sequence that make one sequence's decode fill the device once: the decode kernel's
+// resident blocks (all SMs) over the KV heads, each KV head being a block of its own.
+int32_t decode_max_splits(int head_dim, int num_kv_heads);
 
 // The head dims the tensor-core kernels are built for; others use the reference kernel.
 bool fast_attention_supports(int head_dim);
 
 void attention_reference(const AttentionParams& p, cudaStream_t stream);
-// items: device array of num_items; grid (num_items, num_kv_heads).
+// items: device array of num_items. Routes to attention_prefill_hopper where that supports the
+// head_dim on this device, else runs the portable kernel (grid (num_items * 2, num_kv_heads)).
 void attention_prefill(const AttentionParams& p, const PrefillItem* items, int32_t num_items, cudaStream_t stream);
+// The wgmma kernel: head_dim 64 or 128 on a compute capability 9.0 device (checked once per
+// device); grid (num_items, num_kv_heads).
+bool prefill_hopper_supports(int head_dim);
+void attention_prefill_hopper(const AttentionParams& p, const PrefillItem* items, int32_t num_items,
+                              cudaStream_t stream);
 // partial_o: [num_partials, num_heads, head_dim] f32 (normalized), partial_lse: [num_partials,
 // num_heads] f32, log2 of the split's softmax denominator plus its max, in log2 units.
-void attention_decode(const AttentionParams& p, const DecodeItem* items, int32_t num_items, float* partial_o,
-                      float* partial_lse, cudaStream_t stream);
-void attention_decode_merge(const AttentionParams& p, const MergeItem* items, int32_t num_items,
-                            const float* partial_o, const float* partial_lse, cudaStream_t stream);
+// The item counts are read on the device (num_items, num_merges: one int each), and the grids
+// cover `grid_items` / `grid_merges` items, at least the counts: a recorded step (CUDA graph)
+// launches the same grid every replay while the number of splits grows with the context; blocks
+// past the count return at once.
+void attention_decode(const AttentionParams& p, const DecodeItem* items, const int32_t* num_items, int32_t grid_items,
+                      float* partial_o, float* partial_lse, cudaStream_t stream);
+void attention_decode_merge(const AttentionParams& p, const MergeItem* items, const int32_t* num_merges,
+                            int32_t grid_merges, const float* partial_o, const float* partial_lse,
+                            cudaStream_t stream);
 
 }  // namespace lserve::cuda

@@ -1,7 +1,7 @@
 // Decode attention (one new token per sequence) on tensor cores, split along the context
 // (flash-decoding), then a merge of the splits.
 //
-// A block (4 warps) takes one split (at most kDecodeSplitKeys keys) of one sequence for one KV
+// A block (4 warps) takes one split (decode_splits in attention.h) of one sequence for one KV
 // head. The group's G <= 16 query heads are the rows of a single 16-row MMA tile that every warp
 // holds; the block streams 64-key tiles through cp.async double buffering and each warp takes 16
 // keys of every tile, keeping its own online-softmax state. At the end the four warp states are
@@ -15,6 +15,12 @@
 //      2.08 TB/s of K/V (70% of copy; the floor is 0.180 ms); 8 x 128K 1.57 ms = 2.73 TB/s
 //      (92%); 64 x 8K 0.79 ms = 2.73 TB/s (92%). The single sequence loses to the wave tail
 //      (2048 blocks of ~3 per SM) and the separate merge launch.
+//   Same kernel on an H200 (copy 4202 GB/s; torch SDPA decode 0.130 ms at 128K = 4.14 TB/s):
+//      128K x1 0.214 ms = 2.51 TB/s (60% of copy), 256K x1 0.396 ms, 128K x8 1.20 ms = 3.58 TB/s.
+//   v2: splits sized by the sequence's length so that one sequence fills the GPU once
+//      (decode_max_splits: resident blocks / KV heads, e.g. 48 splits of 2752 keys at 128K
+//      instead of 256 of 512), and a merge that reads each split's weight once per block.
+#include <algorithm>
 #include <cfloat>
 
 #include "backend/cuda/attention.h"
@@ -26,6 +32,8 @@ namespace lserve::cuda {
 namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps, kKeys = 16 * kWarps;
+static_assert(kKeys == kDecodeTileKeys, "splits are whole tiles");
+constexpr int kMaxSplits = 1024;  // decode_max_splits is capped here: the merge keeps weights in shared memory
 
 template <int D>
 constexpr size_t decode_smem_bytes() {
@@ -35,7 +43,8 @@ constexpr size_t decode_smem_bytes() {
 template <int D>
 __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams p, const DecodeItem* __restrict__ items,
                                                           float* __restrict__ partial_o,
-                                                          float* __restrict__ partial_lse) {
+                                                          float* __restrict__ partial_lse,
+                                                          const int32_t* __restrict__ num_items) {
   constexpr int kStride = D + 8, DT = D / 8;
   static_assert(static_cast<size_t>(kWarps) * 16 * (D + 2) * sizeof(float) <= 4 * kKeys * kStride * sizeof(bf16),
                 "the warp states must fit in the K/V tiles' shared memory");
@@ -43,6 +52,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams 
   bf16* sq = reinterpret_cast<bf16*>(smem);
   bf16* sk = sq + 16 * kStride;
   bf16* sv = sk + 2 * kKeys * kStride;
+  if (static_cast<int32_t>(blockIdx.x) >= *num_items) return;  // past this step's items (a recorded grid)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const DecodeItem item = items[blockIdx.x];
   const int kvh = blockIdx.y, G = p.num_heads / p.num_kv_heads;
@@ -132,29 +142,44 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams 
   }
 }
 
-// One block per (sequence, head), one thread per output dimension.
+// One block per (sequence, head): the splits' weights exp2(lse - max) once into shared memory,
+// then one thread per output dimension sums the weighted partial outputs (coalesced over d).
 __global__ void decode_merge_kernel(const AttentionParams p, const MergeItem* __restrict__ items,
-                                    const float* __restrict__ partial_o, const float* __restrict__ partial_lse) {
+                                    const float* __restrict__ partial_o, const float* __restrict__ partial_lse,
+                                    const int32_t* __restrict__ num_merges) {
+  __shared__ float weight[kMaxSplits];
+  __shared__ float reduce[32];
+  if (static_cast<int32_t>(blockIdx.x) >= *num_merges) return;
   const MergeItem item = items[blockIdx.x];
-  const int h = blockIdx.y, H = p.num_heads;
+  const int h = blockIdx.y, H = p.num_heads, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warps = (blockDim.x + 31) / 32;
   float mx = -INFINITY;
-  for (int s = 0; s < item.num_splits; ++s) mx = fmaxf(mx, partial_lse[int64_t{item.first_partial + s} * H + h]);
+  for (int s = threadIdx.x; s < item.num_splits; s += blockDim.x) {
+    weight[s] = partial_lse[int64_t{item.first_partial + s} * H + h];
+    mx = fmaxf(mx, weight[s]);
+  }
+  for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (lane == 0) reduce[warp] = mx;
+  __syncthreads();
+  mx = reduce[0];
+  for (int w = 1; w < warps; ++w) mx = fmaxf(mx, reduce[w]);
+  for (int s = threadIdx.x; s < item.num_splits; s += blockDim.x) weight[s] = exp2f(weight[s] - mx);
+  __syncthreads();
   const int32_t t = p.query_start[item.seq];
   for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
     float acc = 0.0f, wsum = 0.0f;
+    const float* po = partial_o + (int64_t{item.first_partial} * H + h) * p.head_dim + d;
     for (int s = 0; s < item.num_splits; ++s) {
-      const int64_t part = int64_t{item.first_partial + s} * H + h;
-      const float w = exp2f(partial_lse[part] - mx);
-      acc += w * partial_o[part * p.head_dim + d];
-      wsum += w;
+      acc += weight[s] * po[int64_t{s} * H * p.head_dim];
+      wsum += weight[s];
     }
     p.out[(int64_t{t} * H + h) * p.head_dim + d] = __float2bfloat16_rn(acc / wsum);
   }
 }
 
 template <int D>
-void launch(const AttentionParams& p, const DecodeItem* items, int32_t num_items, float* partial_o,
-            float* partial_lse, cudaStream_t stream) {
+void launch(const AttentionParams& p, const DecodeItem* items, const int32_t* num_items, int32_t grid_items,
+            float* partial_o, float* partial_lse, cudaStream_t stream) {
   constexpr size_t smem = decode_smem_bytes<D>();
   static const bool attribute_set = [] {
     LSERVE_CUDA_CHECK(cudaFuncSetAttribute(decode_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -162,31 +187,52 @@ void launch(const AttentionParams& p, const DecodeItem* items, int32_t num_items
     return true;
   }();
   (void)attribute_set;
-  decode_kernel<D><<<dim3(static_cast<unsigned>(num_items), static_cast<unsigned>(p.num_kv_heads)), kThreads, smem,
-                     stream>>>(p, items, partial_o, partial_lse);
+  decode_kernel<D><<<dim3(static_cast<unsigned>(grid_items), static_cast<unsigned>(p.num_kv_heads)), kThreads, smem,
+                     stream>>>(p, items, partial_o, partial_lse, num_items);
   LSERVE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
-void attention_decode(const AttentionParams& p, const DecodeItem* items, int32_t num_items, float* partial_o,
-                      float* partial_lse, cudaStream_t stream) {
-  if (num_items == 0) return;
+int32_t decode_max_splits(int head_dim, int num_kv_heads) {
+  int device = 0, sms = 0, blocks = 0;
+  LSERVE_CUDA_CHECK(cudaGetDevice(&device));
+  LSERVE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  auto occupancy = [&](auto kernel, size_t smem) {
+    LSERVE_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    LSERVE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, smem));
+  };
+  switch (head_dim) {
+    case 16: occupancy(decode_kernel<16>, decode_smem_bytes<16>()); break;
+    case 32: occupancy(decode_kernel<32>, decode_smem_bytes<32>()); break;
+    case 64: occupancy(decode_kernel<64>, decode_smem_bytes<64>()); break;
+    case 128: occupancy(decode_kernel<128>, decode_smem_bytes<128>()); break;
+    default: return 1;  // the reference kernel takes these
+  }
+  const int splits = std::max(1, sms * std::max(blocks, 1) / std::max(num_kv_heads, 1));
+  return std::min(splits, kMaxSplits);
+}
+
+void attention_decode(const AttentionParams& p, const DecodeItem* items, const int32_t* num_items, int32_t grid_items,
+                      float* partial_o, float* partial_lse, cudaStream_t stream) {
+  if (grid_items == 0) return;
   switch (p.head_dim) {
-    case 16: return launch<16>(p, items, num_items, partial_o, partial_lse, stream);
-    case 32: return launch<32>(p, items, num_items, partial_o, partial_lse, stream);
-    case 64: return launch<64>(p, items, num_items, partial_o, partial_lse, stream);
-    case 128: return launch<128>(p, items, num_items, partial_o, partial_lse, stream);
+    case 16: return launch<16>(p, items, num_items, grid_items, partial_o, partial_lse, stream);
+    case 32: return launch<32>(p, items, num_items, grid_items, partial_o, partial_lse, stream);
+    case 64: return launch<64>(p, items, num_items, grid_items, partial_o, partial_lse, stream);
+    case 128: return launch<128>(p, items, num_items, grid_items, partial_o, partial_lse, stream);
     default: cuda_fail(cudaErrorInvalidValue, "attention_decode: unsupported head_dim", __FILE__, __LINE__);
   }
 }
 
-void attention_decode_merge(const AttentionParams& p, const MergeItem* items, int32_t num_items,
-                            const float* partial_o, const float* partial_lse, cudaStream_t stream) {
-  if (num_items == 0) return;
+void attention_decode_merge(const AttentionParams& p, const MergeItem* items, const int32_t* num_merges,
+                            int32_t grid_merges, const float* partial_o, const float* partial_lse,
+                            cudaStream_t stream) {
+  if (grid_merges == 0) return;
   const int threads = p.head_dim < 32 ? 32 : (p.head_dim > 256 ? 256 : p.head_dim);
-  decode_merge_kernel<<<dim3(static_cast<unsigned>(num_items), static_cast<unsigned>(p.num_heads)), threads, 0,
-                        stream>>>(p, items, partial_o, partial_lse);
+  decode_merge_kernel<<<dim3(static_cast<unsigned>(grid_merges), static_cast<unsigned>(p.num_heads)), threads, 0,
+                        stream>>>(p, items, partial_o, partial_lse, num_merges);
   LSERVE_CUDA_CHECK_LAUNCH();
 }
 

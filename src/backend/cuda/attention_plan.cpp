@@ -6,28 +6,28 @@
 
 namespace lserve::cuda {
 
-AttentionPlan make_attention_plan(const AttentionBatch& batch, int32_t group) {
+AttentionPlan make_attention_plan(const AttentionBatch& batch, int32_t group, int32_t max_splits) {
   AttentionPlan plan;
   std::vector<int32_t> tile_keys;  // keys each prefill tile visits, for the ordering below
   for (int32_t b = 0; b < batch.num_seqs(); ++b) {
     const int32_t qlen = batch.query_len(b), seq_len = batch.seq_lens[b];
     if (qlen == 0) continue;
     if (qlen == 1 && group <= kDecodeMaxGroup) {
-      const int32_t splits = (seq_len + kDecodeSplitKeys - 1) / kDecodeSplitKeys;
-      if (splits <= 1) {
+      ++plan.decode_seqs;
+      const DecodeSplits splits = decode_splits(seq_len, max_splits);
+      if (splits.count <= 1) {
         plan.decode.push_back({b, 0, seq_len, -1});
         continue;
       }
-      plan.merge.push_back({b, plan.num_partials, splits});
-      for (int32_t s = 0; s < splits; ++s)
-        plan.decode.push_back({b, s * kDecodeSplitKeys, std::min(seq_len, (s + 1) * kDecodeSplitKeys),
-                               plan.num_partials++});
+      plan.merge.push_back({b, plan.num_partials, splits.count});
+      for (int32_t s = 0; s < splits.count; ++s)
+        plan.decode.push_back({b, s * splits.keys, std::min(seq_len, (s + 1) * splits.keys), plan.num_partials++});
       continue;
     }
     const int32_t rows = qlen * group;
-    for (int32_t r = 0; r < rows; r += kPrefillRows) {
+    for (int32_t r = 0; r < rows; r += kPrefillItemRows) {
       plan.prefill.push_back({b, r});
-      const int32_t last_row = std::min(rows, r + kPrefillRows) - 1;
+      const int32_t last_row = std::min(rows, r + kPrefillItemRows) - 1;
       tile_keys.push_back(seq_len - qlen + last_row / group + 1);
     }
   }

@@ -4,7 +4,7 @@
 //
 // Routing: a sequence with one new token and a group of at most kDecodeMaxGroup heads goes to
 // the decode kernel; every other sequence (prefill chunks, several new tokens) to prefill.
-// Splits depend on the sequence alone (kDecodeSplitKeys keys each), so a request's attention is
+// Splits depend on the sequence alone (decode_splits in attention.h), so a request's attention is
 // bit-identical whatever it is batched with.
 #pragma once
 
@@ -24,8 +24,14 @@ struct AttentionPlan {
   std::vector<DecodeItem> decode;
   std::vector<MergeItem> merge;
   int32_t num_partials = 0;
+  int32_t decode_seqs = 0;  // sequences the decode kernel takes
+  // The most decode items, merges and partial states a batch of these sequences can need at any
+  // length: a recorded step is laid out (and launched) for these.
+  int32_t decode_capacity(int32_t max_splits) const { return decode_seqs * max_splits; }
+  int32_t merge_capacity() const { return decode_seqs; }
 };
 
-AttentionPlan make_attention_plan(const AttentionBatch& batch, int32_t group);
+// max_splits: decode_max_splits() of the model's attention on this device.
+AttentionPlan make_attention_plan(const AttentionBatch& batch, int32_t group, int32_t max_splits);
 
 }  // namespace lserve::cuda

@@ -1,10 +1,11 @@
 // Prefill attention on tensor cores (flash-attention 2 style on mma.sync m16n8k16).
 //
-// A block (4 warps) takes one query tile of 64 rows for one KV head: rows are (new token, query
-// head of the KV head's group) pairs, so GQA groups share every K/V tile load. Each warp owns 16
-// rows. The block walks the tiles a KV-tile iterator gives (dense causal here; the sparse kernels
-// pass other iterators), 64 keys per tile, double-buffered through cp.async: while tile i is
-// multiplied, tile i+1 is in flight. Scores stay in registers (online softmax, no score matrix).
+// The portable path: attention_prefill_hopper.cu takes head_dim 64 and 128 on sm_90.
+// A block (4 warps) takes one query tile of 64 rows (half a plan item) for one KV head: rows are
+// (new token, query head of the KV head's group) pairs, so GQA groups share every K/V tile load.
+// Each warp owns 16 rows. The block walks the tiles a KV-tile iterator gives (dense causal here;
+// the sparse kernels pass other iterators), 64 keys per tile, double-buffered through cp.async:
+// while tile i is multiplied, tile i+1 is in flight. Scores stay in registers (online softmax, no score matrix).
 // Chunked prefill is the general case: the tile's queries sit after `seq_len - q_len` earlier
 // positions, and the mask applies only to tiles that reach past the tile's first query.
 //
@@ -108,9 +109,12 @@ template <int D>
 __global__ void __launch_bounds__(kThreads) prefill_dense_kernel(const AttentionParams p,
                                                                  const PrefillItem* __restrict__ items) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const PrefillItem item = items[blockIdx.x];
+  constexpr int kSplit = kPrefillItemRows / kPrefillRows;  // blocks per plan item
+  PrefillItem item = items[blockIdx.x / kSplit];
+  item.row_begin += (blockIdx.x % kSplit) * kPrefillRows;
   const int G = p.num_heads / p.num_kv_heads;
   const int32_t q0 = p.query_start[item.seq], qlen = p.query_start[item.seq + 1] - q0;
+  if (item.row_begin >= qlen * G) return;  // the item's last rows are past the sequence
   const int32_t ctx = p.seq_lens[item.seq] - qlen;  // position of the first new token
   const int32_t row_end = min(item.row_begin + kPrefillRows, qlen * G);
   const tile::DenseCausalTiles<kKeys> tiles{ctx + (row_end - 1) / G + 1};
@@ -126,8 +130,8 @@ void launch(const AttentionParams& p, const PrefillItem* items, int32_t num_item
     return true;
   }();
   (void)attribute_set;
-  prefill_dense_kernel<D><<<dim3(static_cast<unsigned>(num_items), static_cast<unsigned>(p.num_kv_heads)), kThreads,
-                            smem, stream>>>(p, items);
+  const unsigned blocks = static_cast<unsigned>(num_items) * (kPrefillItemRows / kPrefillRows);
+  prefill_dense_kernel<D><<<dim3(blocks, static_cast<unsigned>(p.num_kv_heads)), kThreads, smem, stream>>>(p, items);
   LSERVE_CUDA_CHECK_LAUNCH();
 }
 
@@ -139,6 +143,7 @@ bool fast_attention_supports(int head_dim) {
 
 void attention_prefill(const AttentionParams& p, const PrefillItem* items, int32_t num_items, cudaStream_t stream) {
   if (num_items == 0) return;
+  if (prefill_hopper_supports(p.head_dim)) return attention_prefill_hopper(p, items, num_items, stream);
   switch (p.head_dim) {
     case 16: return launch<16>(p, items, num_items, stream);
     case 32: return launch<32>(p, items, num_items, stream);

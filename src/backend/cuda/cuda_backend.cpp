@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "backend/attention_batch.h"
@@ -16,6 +17,7 @@
 #include "backend/cuda/cuda_memory.h"
 #include "backend/cuda/cuda_staging.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/sampling.h"
 #include "kv/kv_cache.h"
 #include "sparse/sparsity_config.h"
 
@@ -59,6 +61,8 @@ class CudaBackend final : public Backend {
 
   ~CudaBackend() override {
     if (stream_) cudaStreamSynchronize(stream_);
+    clear_recorded_steps();
+    if (pinned_download_) cudaFreeHost(pinned_download_);
     linear_.reset();
     uploader_.reset();
     if (stream_) cudaStreamDestroy(stream_);
@@ -76,6 +80,7 @@ class CudaBackend final : public Backend {
 
   void upload(Tensor dst, const void* host_src) override {
     LSERVE_CHECK(dst.device == Device::Cuda, "upload needs a GPU tensor");
+    LSERVE_CHECK(!capturing_, "upload inside a recorded step (inputs go to the device before it)");
     if (dst.nbytes() <= kPinnedUploadLimit) {
       uploader_->upload(dst.data, host_src, dst.nbytes());
     } else {
@@ -85,7 +90,18 @@ class CudaBackend final : public Backend {
 
   void download(const Tensor& src, void* host_dst) override {
     LSERVE_CHECK(src.device == Device::Cuda, "download needs a GPU tensor");
-    LSERVE_CUDA_CHECK(cudaMemcpyAsync(host_dst, src.data, src.nbytes(), cudaMemcpyDeviceToHost, stream_));
+    LSERVE_CHECK(!capturing_, "download inside a recorded step");
+    // Small reads (a step's sampled tokens) land in pinned memory: a copy to pageable memory is
+    // staged by the driver through its own buffer, an extra hop on the one sync of a step.
+    const size_t bytes = src.nbytes();
+    if (bytes <= kPinnedDownloadBytes) {
+      if (!pinned_download_) LSERVE_CUDA_CHECK(cudaMallocHost(&pinned_download_, kPinnedDownloadBytes));
+      LSERVE_CUDA_CHECK(cudaMemcpyAsync(pinned_download_, src.data, bytes, cudaMemcpyDeviceToHost, stream_));
+      LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      std::memcpy(host_dst, pinned_download_, bytes);
+      return;
+    }
+    LSERVE_CUDA_CHECK(cudaMemcpyAsync(host_dst, src.data, bytes, cudaMemcpyDeviceToHost, stream_));
     LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
@@ -122,13 +138,16 @@ class CudaBackend final : public Backend {
     return out;
   }
 
-  void begin_step(const AttentionBatch& batch) override {
+  void begin_step(const AttentionBatch& batch, const AttentionHeads& heads) override {
     const size_t T = static_cast<size_t>(batch.num_tokens()), B = batch.seq_lens.size();
     LSERVE_CHECK(batch.query_start.size() == B + 1 && batch.page_indptr.size() == B + 1 &&
                      batch.slot_mapping.size() == T && batch.positions.size() == T,
                  "inconsistent AttentionBatch");
-    // Layout: slot_mapping (i64) first for alignment, then the i32 arrays.
-    const size_t n32 = (B + 1) + B + (B + 1) + batch.page_indices.size() + T;
+    LSERVE_CHECK(!capturing_, "begin_step inside a recorded step");
+    // Layout: slot_mapping (i64) first for alignment, then the i32 arrays, the page list last:
+    // every array but the last then sits at an offset that depends on T and B alone, so a step
+    // recorded for this shape finds them where it recorded them.
+    const size_t n32 = (B + 1) + B + (B + 1) + T + batch.page_indices.size();
     step_host_.resize(T * 8 + n32 * 4);
     char* h = step_host_.data();
     auto put = [&](const void* src, size_t bytes) {
@@ -139,26 +158,95 @@ class CudaBackend final : public Backend {
     put(batch.query_start.data(), (B + 1) * 4);
     put(batch.seq_lens.data(), B * 4);
     put(batch.page_indptr.data(), (B + 1) * 4);
-    put(batch.page_indices.data(), batch.page_indices.size() * 4);
     put(batch.positions.data(), T * 4);
+    put(batch.page_indices.data(), batch.page_indices.size() * 4);
     char* d = static_cast<char*>(step_device_.ensure(step_host_.size(), stream_));
     uploader_->upload(d, step_host_.data(), step_host_.size());
     dbatch_.slot_mapping = reinterpret_cast<const int64_t*>(d);
     dbatch_.query_start = reinterpret_cast<const int32_t*>(d + T * 8);
     dbatch_.seq_lens = dbatch_.query_start + B + 1;
     dbatch_.page_indptr = dbatch_.seq_lens + B;
-    dbatch_.page_indices = dbatch_.page_indptr + B + 1;
-    dbatch_.positions = dbatch_.page_indices + batch.page_indices.size();
+    dbatch_.positions = dbatch_.page_indptr + B + 1;
+    dbatch_.page_indices = dbatch_.positions + T;
     dbatch_.num_seqs = static_cast<int32_t>(B);
     dbatch_.num_tokens = static_cast<int32_t>(T);
     step_batch_ = &batch;
-    plan_group_ = -1;  // the attention plan is rebuilt for this batch on first use
+    plan_group_ = -1;  // the attention plan is rebuilt for this batch
+    if (heads.num_heads > 0 && heads.num_kv_heads > 0 && heads.num_heads % heads.num_kv_heads == 0 &&
+        cuda::fast_attention_supports(heads.head_dim))
+      ensure_plan(batch, heads.num_heads / heads.num_kv_heads, heads.num_heads, heads.num_kv_heads, heads.head_dim);
+  }
+
+  void run_step(const StepKey& key, bool recordable, const std::function<void()>& ops) override {
+    if (!recordable || !options_.graphs) {
+      ops();
+      return;
+    }
+    const uint64_t layout = buffer_layout();
+    for (RecordedStep& r : recorded_) {
+      if (r.key == key && r.layout == layout) {
+        LSERVE_CUDA_CHECK(cudaGraphLaunch(r.exec, stream_));
+        ++step_stats_.replayed;
+        return;
+      }
+    }
+    // Record: the ops are captured, not run; the recording then runs as this step.
+    if (recorded_.size() >= kMaxRecordedSteps) clear_recorded_steps();
+    LSERVE_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
+    cudaGraph_t graph = nullptr;
+    try {
+      ops();
+    } catch (...) {
+      capturing_ = false;
+      cudaStreamEndCapture(stream_, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      cudaGetLastError();
+      throw;
+    }
+    capturing_ = false;
+    LSERVE_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    LSERVE_CUDA_CHECK(err);
+    std::erase_if(recorded_, [&](const RecordedStep& r) {
+      if (r.key != key) return false;
+      cudaGraphExecDestroy(r.exec);
+      return true;
+    });
+    recorded_.push_back({key, layout, exec});
+    ++step_stats_.recorded;
+    LSERVE_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
+  }
+
+  bool samples_on_device() const override { return true; }
+
+  void set_sampling(std::span<const DeviceSampling> rows) override {
+    LSERVE_CHECK(!capturing_, "set_sampling inside a recorded step");
+    static_assert(sizeof(DeviceSampling) == sizeof(cuda::SamplingRow), "one layout on both sides");
+    sampling_rows_ = static_cast<int32_t>(rows.size());
+    if (rows.empty()) return;
+    void* d = sampling_device_.ensure(rows.size_bytes(), stream_);
+    uploader_->upload(d, rows.data(), rows.size_bytes());
+  }
+
+  void sample(const Tensor& logits, Tensor tokens) override {
+    LSERVE_CHECK(logits.dtype == DType::F32 && logits.device == Device::Cuda && logits.shape.ndim == 2,
+                 "sample takes [rows, vocab] f32 logits on the GPU");
+    LSERVE_CHECK(tokens.dtype == DType::I32 && tokens.device == Device::Cuda && tokens.numel() == logits.dim(0),
+                 "sample writes one i32 token per row on the GPU");
+    LSERVE_CHECK(logits.dim(0) == sampling_rows_, "sample: {} rows of logits, {} rows of parameters", logits.dim(0),
+                 sampling_rows_);
+    cuda::sample_rows(logits.as<float>(), logits.dim(0), logits.dim(1),
+                      static_cast<const cuda::SamplingRow*>(sampling_device_.data()), tokens.as<int32_t>(), stream_);
   }
 
   void gather_rows(const Tensor& src, std::span<const int32_t> rows, Tensor dst) override {
     LSERVE_CHECK(src.device == Device::Cuda && dst.device == Device::Cuda && src.dtype == dst.dtype);
     for (int32_t r : rows) LSERVE_CHECK(r >= 0 && r < src.dim(0), "row {} outside [0, {})", r, src.dim(0));
     if (rows.empty()) return;
+    LSERVE_CHECK(!capturing_, "gather_rows uploads its rows: not inside a recorded step");
     const int64_t row_bytes = static_cast<int64_t>(src.nbytes()) / src.dim(0);
     auto* d = static_cast<int32_t*>(rows_device_.ensure(rows.size_bytes(), stream_));
     uploader_->upload(d, rows.data(), rows.size_bytes());
@@ -172,6 +260,7 @@ class CudaBackend final : public Backend {
     const int64_t T = ids.numel(), V = table.dim(0), H = table.dim(1);
     const int32_t* dev_ids = ids.as<int32_t>();
     if (ids.device == Device::Cpu) {
+      LSERVE_CHECK(!capturing_, "embedding of host ids inside a recorded step");
       for (int64_t t = 0; t < T; ++t)
         if (dev_ids[t] < 0 || dev_ids[t] >= V) fail("token id {} is outside the vocabulary of {}", dev_ids[t], V);
       auto* d = static_cast<int32_t*>(ids_device_.ensure(static_cast<size_t>(T) * 4, stream_));
@@ -223,6 +312,7 @@ class CudaBackend final : public Backend {
     const int64_t T = q.dim(0);
     const int32_t* pos = positions.as<int32_t>();
     if (positions.device == Device::Cpu) {
+      LSERVE_CHECK(!capturing_, "rope with host positions inside a recorded step");
       for (int64_t t = 0; t < T; ++t)
         LSERVE_CHECK(pos[t] >= 0 && pos[t] < cos_sin.dim(0), "position {} outside the RoPE table of {}", pos[t],
                      cos_sin.dim(0));
@@ -279,16 +369,30 @@ class CudaBackend final : public Backend {
       cuda::attention_reference(p, stream_);
       return;
     }
-    ensure_plan(batch, static_cast<int32_t>(H / Hk), H, D);
-    cuda::attention_prefill(p, plan_prefill_, plan_sizes_[0], stream_);
-    cuda::attention_decode(p, plan_decode_, plan_sizes_[1], partial_o_, partial_lse_, stream_);
-    cuda::attention_decode_merge(p, plan_merge_, plan_sizes_[2], partial_o_, partial_lse_, stream_);
+    const auto group = static_cast<int32_t>(H / Hk);
+    if (plan_group_ != group) {
+      LSERVE_CHECK(!capturing_, "a recorded step needs its attention planned in begin_step");
+      ensure_plan(batch, group, static_cast<int32_t>(H), static_cast<int32_t>(Hk), static_cast<int32_t>(D));
+    }
+    // A recording launches the grids a batch of this shape can need at any length (the counts
+    // on the device say how much of it this step uses); a direct launch, just the step's.
+    const bool full = capturing_;
+    cuda::attention_prefill(p, plan_prefill_, plan_counts_.prefill, stream_);
+    cuda::attention_decode(p, plan_decode_, plan_device_counts_, full ? plan_counts_.decode_capacity : plan_counts_.decode,
+                           partial_o_, partial_lse_, stream_);
+    cuda::attention_decode_merge(p, plan_merge_, plan_device_counts_ + 1,
+                                 full ? plan_counts_.merge_capacity : plan_counts_.merge, partial_o_, partial_lse_,
+                                 stream_);
   }
 
   void synchronize() override { LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
+  cudaStream_t stream() const { return stream_; }
+  CudaStepStats step_stats() const { return step_stats_; }
+
  private:
   static constexpr size_t kPinnedUploadLimit = size_t{4} << 20;  // larger uploads go direct
+  static constexpr size_t kPinnedDownloadBytes = size_t{64} << 10;
   static constexpr int64_t kConvertChunk = int64_t{16} << 20;     // elements per conversion chunk
 
   void expect_kv_cache(const KvCache& cache) const {
@@ -308,31 +412,71 @@ class CudaBackend final : public Backend {
   // passes another batch) gets it copied here, so the ops also work on their own.
   void ensure_step(const AttentionBatch& batch) {
     if (step_batch_ != &batch || dbatch_.num_tokens != batch.num_tokens() || dbatch_.num_seqs != batch.num_seqs())
-      begin_step(batch);
+      begin_step(batch, AttentionHeads{});
   }
 
   // The attention plan of this step for a GQA group size, built and uploaded once per step.
-  void ensure_plan(const AttentionBatch& batch, int32_t group, int64_t num_heads, int64_t head_dim) {
-    if (plan_group_ == group) return;
-    const cuda::AttentionPlan plan = cuda::make_attention_plan(batch, group);
-    plan_sizes_ = {static_cast<int32_t>(plan.prefill.size()), static_cast<int32_t>(plan.decode.size()),
-                   static_cast<int32_t>(plan.merge.size())};
+  // Device layout: the decode and merge counts, then the prefill items, then room for the most
+  // decode and merge items a batch of these sequences can need (so the layout, and a recording
+  // made over it, stays the same while the sequences grow).
+  void ensure_plan(const AttentionBatch& batch, int32_t group, int32_t num_heads, int32_t num_kv_heads,
+                   int32_t head_dim) {
+    const int32_t max_splits = max_splits_for(head_dim, num_kv_heads);
+    const cuda::AttentionPlan plan = cuda::make_attention_plan(batch, group, max_splits);
+    plan_counts_.prefill = static_cast<int32_t>(plan.prefill.size());
+    plan_counts_.decode = static_cast<int32_t>(plan.decode.size());
+    plan_counts_.merge = static_cast<int32_t>(plan.merge.size());
+    plan_counts_.decode_capacity = plan.decode_capacity(max_splits);
+    plan_counts_.merge_capacity = plan.merge_capacity();
+    const size_t b_head = 4 * sizeof(int32_t);
     const size_t b0 = plan.prefill.size() * sizeof(cuda::PrefillItem);
-    const size_t b1 = plan.decode.size() * sizeof(cuda::DecodeItem);
-    const size_t b2 = plan.merge.size() * sizeof(cuda::MergeItem);
-    plan_host_.resize(b0 + b1 + b2);
-    std::memcpy(plan_host_.data(), plan.prefill.data(), b0);
-    std::memcpy(plan_host_.data() + b0, plan.decode.data(), b1);
-    std::memcpy(plan_host_.data() + b0 + b1, plan.merge.data(), b2);
+    const size_t b1 = static_cast<size_t>(plan_counts_.decode_capacity) * sizeof(cuda::DecodeItem);
+    const size_t b2 = static_cast<size_t>(plan_counts_.merge_capacity) * sizeof(cuda::MergeItem);
+    plan_host_.assign(b_head + b0 + b1 + b2, 0);
+    const int32_t counts[4] = {plan_counts_.decode, plan_counts_.merge, 0, 0};
+    std::memcpy(plan_host_.data(), counts, b_head);
+    std::memcpy(plan_host_.data() + b_head, plan.prefill.data(), b0);
+    std::memcpy(plan_host_.data() + b_head + b0, plan.decode.data(), plan.decode.size() * sizeof(cuda::DecodeItem));
+    std::memcpy(plan_host_.data() + b_head + b0 + b1, plan.merge.data(), plan.merge.size() * sizeof(cuda::MergeItem));
     char* d = static_cast<char*>(plan_device_.ensure(plan_host_.size(), stream_));
     uploader_->upload(d, plan_host_.data(), plan_host_.size());
-    plan_prefill_ = reinterpret_cast<const cuda::PrefillItem*>(d);
-    plan_decode_ = reinterpret_cast<const cuda::DecodeItem*>(d + b0);
-    plan_merge_ = reinterpret_cast<const cuda::MergeItem*>(d + b0 + b1);
-    const size_t partials = static_cast<size_t>(plan.num_partials * num_heads);
+    plan_device_counts_ = reinterpret_cast<const int32_t*>(d);
+    plan_prefill_ = reinterpret_cast<const cuda::PrefillItem*>(d + b_head);
+    plan_decode_ = reinterpret_cast<const cuda::DecodeItem*>(d + b_head + b0);
+    plan_merge_ = reinterpret_cast<const cuda::MergeItem*>(d + b_head + b0 + b1);
+    const size_t partials = static_cast<size_t>(std::max(plan.num_partials, plan_counts_.decode_capacity)) *
+                            static_cast<size_t>(num_heads);
     partial_o_ = static_cast<float*>(partial_o_buffer_.ensure(partials * static_cast<size_t>(head_dim) * 4, stream_));
     partial_lse_ = static_cast<float*>(partial_lse_buffer_.ensure(partials * 4, stream_));
     plan_group_ = group;
+  }
+
+  int32_t max_splits_for(int32_t head_dim, int32_t num_kv_heads) {
+    const int64_t key = int64_t{head_dim} << 32 | static_cast<uint32_t>(num_kv_heads);
+    auto it = max_splits_.find(key);
+    if (it == max_splits_.end()) it = max_splits_.emplace(key, cuda::decode_max_splits(head_dim, num_kv_heads)).first;
+    return it->second;
+  }
+
+  // The identity of every backend buffer a recorded step reads: a recording is replayed only
+  // over the same ones.
+  uint64_t buffer_layout() const {
+    uint64_t h = 1469598103934665603ull;
+    auto mix = [&](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+    mix(reinterpret_cast<uintptr_t>(step_device_.data()));
+    mix(reinterpret_cast<uintptr_t>(plan_device_.data()));
+    mix(reinterpret_cast<uintptr_t>(partial_o_));
+    mix(reinterpret_cast<uintptr_t>(partial_lse_));
+    mix(reinterpret_cast<uintptr_t>(sampling_device_.data()));
+    mix(static_cast<uint64_t>(plan_counts_.prefill) << 40 ^ static_cast<uint64_t>(plan_counts_.decode_capacity) << 20 ^
+        static_cast<uint64_t>(plan_counts_.merge_capacity));
+    mix(static_cast<uint64_t>(plan_group_));
+    return h;
+  }
+
+  void clear_recorded_steps() {
+    for (RecordedStep& r : recorded_) cudaGraphExecDestroy(r.exec);
+    recorded_.clear();
   }
 
   CudaBackendOptions options_;
@@ -340,6 +484,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::PinnedUploader> uploader_;
   std::unique_ptr<cuda::CublasLtLinear> linear_;
+  void* pinned_download_ = nullptr;  // kPinnedDownloadBytes of pinned host memory
   cuda::GrowableBuffer convert_staging_, rows_device_, ids_device_, positions_device_;
 
   // The step's batch on the device.
@@ -349,15 +494,35 @@ class CudaBackend final : public Backend {
   const AttentionBatch* step_batch_ = nullptr;
 
   // The step's attention plan.
+  struct PlanCounts {
+    int32_t prefill = 0, decode = 0, merge = 0, decode_capacity = 0, merge_capacity = 0;
+  };
   int32_t plan_group_ = -1;
   std::vector<char> plan_host_;
   cuda::GrowableBuffer plan_device_, partial_o_buffer_, partial_lse_buffer_;
+  const int32_t* plan_device_counts_ = nullptr;
   const cuda::PrefillItem* plan_prefill_ = nullptr;
   const cuda::DecodeItem* plan_decode_ = nullptr;
   const cuda::MergeItem* plan_merge_ = nullptr;
-  std::array<int32_t, 3> plan_sizes_{};
+  PlanCounts plan_counts_;
   float* partial_o_ = nullptr;
   float* partial_lse_ = nullptr;
+  std::map<int64_t, int32_t> max_splits_;  // (head_dim, KV heads) -> decode_max_splits
+
+  // Recorded steps (CUDA graphs), one per key; few shapes recur (one per decode batch size).
+  struct RecordedStep {
+    StepKey key;
+    uint64_t layout;
+    cudaGraphExec_t exec;
+  };
+  static constexpr size_t kMaxRecordedSteps = 64;
+  std::vector<RecordedStep> recorded_;
+  bool capturing_ = false;
+  CudaStepStats step_stats_;
+
+  // Sampling parameters of the next sample().
+  cuda::GrowableBuffer sampling_device_;
+  int32_t sampling_rows_ = 0;
 };
 
 }  // namespace
@@ -369,6 +534,18 @@ int cuda_device_count() {
     return 0;
   }
   return n;
+}
+
+CUstream_st* cuda_stream_of(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  LSERVE_CHECK(cuda != nullptr, "{} is not a CUDA backend", backend.name());
+  return cuda->stream();
+}
+
+CudaStepStats cuda_step_stats(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  LSERVE_CHECK(cuda != nullptr, "{} is not a CUDA backend", backend.name());
+  return cuda->step_stats();
 }
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options) {

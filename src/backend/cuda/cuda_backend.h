@@ -1,12 +1,15 @@
 // The CUDA backend: bf16 weights, activations and KV cache on one GPU, f32 accumulation
 // everywhere. Matrix products through cuBLASLt; norms, RoPE, SwiGLU, embedding and KV append as
-// fused kernels; paged attention on tensor cores (attention.h). All work is queued on one stream
-// owned by the backend; download() and synchronize() wait for it.
+// fused kernels; paged attention on tensor cores (attention.h); sampling on the GPU (sampling.h).
+// All work is queued on one stream owned by the backend; download() and synchronize() wait for
+// it. Decode steps are recorded as CUDA graphs, one per batch shape, and replayed.
 #pragma once
 
 #include <memory>
 
 #include "backend/backend.h"
+
+struct CUstream_st;  // cudaStream_t, without the CUDA headers
 
 namespace lserve {
 
@@ -14,10 +17,24 @@ struct CudaBackendOptions {
   int device = 0;
   // Route attention through the plain reference kernel (tests compare the fast kernels with it).
   bool reference_attention = false;
+  // Record decode steps as CUDA graphs and replay them (Backend::run_step); off runs every
+  // launch from the host, for debugging and comparison.
+  bool graphs = true;
 };
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);
 inline std::unique_ptr<Backend> make_cuda_backend(int device) { return make_cuda_backend(CudaBackendOptions{device}); }
+
+// The stream a CUDA backend queues its work on (timers and tests record events on it). Fails
+// for any other backend.
+CUstream_st* cuda_stream_of(Backend& backend);
+
+// How often a CUDA backend recorded a step as a CUDA graph and replayed one (tests check that
+// decode runs from graphs). Fails for any other backend.
+struct CudaStepStats {
+  int64_t recorded = 0, replayed = 0;
+};
+CudaStepStats cuda_step_stats(Backend& backend);
 
 // Number of CUDA devices usable here (0 when there is no driver or no GPU); never throws.
 int cuda_device_count();

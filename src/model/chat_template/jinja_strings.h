@@ -3,6 +3,7 @@
 // Python does, with utf8proc's simple case mappings.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
