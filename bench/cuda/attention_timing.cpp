@@ -3,7 +3,9 @@
 //     decode, which must read every cached K and V byte once;
 //   - tensor-core throughput, for prefill: 4 * head_dim * heads * (causal pairs) flops.
 // Shapes are Llama-3-8B's attention (32 query heads, 8 KV heads, head_dim 128), one layer.
-// Prints one line per case; numbers are medians of timed repeats after a warm-up.
+// Then the same layer with half its KV heads streaming (prefill under LServe's and DuoAttention's
+// windows, and decode). Prints one line per case; numbers are medians of timed repeats after a
+// warm-up.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -15,8 +17,10 @@
 #include "backend/attention_batch.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_check.h"
+#include "engine/batch_plan.h"
 #include "kv/kv_cache.h"
 #include "model/model_config.h"
+#include "sparse/head_pattern.h"
 
 namespace lserve {
 namespace {
@@ -62,47 +66,21 @@ struct Timing {
   double ms, kv_bytes, flops;
 };
 
-Timing time_case(Backend& gpu, const Case& c, int32_t page_size) {
-  ModelConfig config;
-  config.num_layers = 1;
-  config.num_heads = kHeads;
-  config.num_kv_heads = kKvHeads;
-  config.head_dim = kHeadDim;
-  AttentionBatch batch;
-  batch.query_start = {0};
-  batch.page_indptr = {0};
-  int32_t next_page = 0;
-  double kv_bytes = 0, flops = 0;
-  for (auto [ctx, n] : c.seqs) {
-    const int32_t len = ctx + n, pages = (len + page_size - 1) / page_size;
-    for (int32_t p = 0; p < pages; ++p) batch.page_indices.push_back(next_page + p);
-    for (int32_t i = 0; i < n; ++i) {
-      const int32_t pos = ctx + i;
-      batch.positions.push_back(pos);
-      batch.slot_mapping.push_back(int64_t{next_page + pos / page_size} * page_size + pos % page_size);
-      flops += 4.0 * kHeadDim * kHeads * (pos + 1);
-    }
-    next_page += pages;
-    batch.page_indptr.push_back(static_cast<int32_t>(batch.page_indices.size()));
-    batch.seq_lens.push_back(len);
-    batch.query_start.push_back(batch.query_start.back() + n);
-    kv_bytes += 2.0 * len * kKvHeads * kHeadDim * 2;
-  }
-  KvCacheOptions o;
-  o.page_size = page_size;
-  o.memory_bytes = KvCache::bytes_per_page(config, page_size, DType::BF16) * static_cast<size_t>(next_page);
-  KvCache cache(config, o, gpu);
-
+// Median ms of one attention call over `batch` on `cache` (random K, V and q).
+double time_attention(Backend& gpu, KvCache& cache, const AttentionBatch& batch) {
   // Random bf16 (not zeros: zeros can run faster than real data), repeated over the pools.
   std::mt19937 rng(1);
   std::normal_distribution<float> normal;
   std::vector<uint16_t> block(size_t{16} << 20);
   for (auto& x : block) x = f32_to_bf16(normal(rng));
-  for (const Tensor& pool : {cache.k_pages(0), cache.v_pages(0)}) {
-    const size_t total = pool.nbytes();
-    for (size_t off = 0; off < total; off += block.size() * 2)
-      LSERVE_CUDA_CHECK(cudaMemcpy(static_cast<char*>(pool.data) + off, block.data(),
-                                   std::min(block.size() * 2, total - off), cudaMemcpyHostToDevice));
+  for (HeadKind kind : {HeadKind::Retrieval, HeadKind::Streaming}) {
+    for (const Tensor& pool : {cache.k_pages(0, kind), cache.v_pages(0, kind)}) {
+      if (!pool.data) continue;
+      const size_t total = pool.nbytes();
+      for (size_t off = 0; off < total; off += block.size() * 2)
+        LSERVE_CUDA_CHECK(cudaMemcpy(static_cast<char*>(pool.data) + off, block.data(),
+                                     std::min(block.size() * 2, total - off), cudaMemcpyHostToDevice));
+    }
   }
   const int64_t T = batch.num_tokens();
   auto qmem = gpu.allocate(static_cast<size_t>(T * kHeads * kHeadDim) * 2);
@@ -141,7 +119,74 @@ Timing time_case(Backend& gpu, const Case& c, int32_t page_size) {
   }
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
-  return {median(ms), kv_bytes, flops};
+  return median(ms);
+}
+
+Timing time_case(Backend& gpu, const Case& c, int32_t page_size) {
+  ModelConfig config;
+  config.num_layers = 1;
+  config.num_heads = kHeads;
+  config.num_kv_heads = kKvHeads;
+  config.head_dim = kHeadDim;
+  AttentionBatch batch;
+  batch.query_start = {0};
+  batch.page_indptr = {0};
+  int32_t next_page = 0;
+  double kv_bytes = 0, flops = 0;
+  for (auto [ctx, n] : c.seqs) {
+    const int32_t len = ctx + n, pages = (len + page_size - 1) / page_size;
+    for (int32_t p = 0; p < pages; ++p) batch.page_indices.push_back(next_page + p);
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t pos = ctx + i;
+      batch.positions.push_back(pos);
+      batch.slot_mapping.push_back(int64_t{next_page + pos / page_size} * page_size + pos % page_size);
+      flops += 4.0 * kHeadDim * kHeads * (pos + 1);
+    }
+    next_page += pages;
+    batch.page_indptr.push_back(static_cast<int32_t>(batch.page_indices.size()));
+    batch.seq_lens.push_back(len);
+    batch.query_start.push_back(batch.query_start.back() + n);
+    kv_bytes += 2.0 * len * kKvHeads * kHeadDim * 2;
+  }
+  KvCacheOptions o;
+  o.page_size = page_size;
+  o.memory_bytes = KvCache::bytes_per_page(config, page_size, DType::BF16) * static_cast<size_t>(next_page);
+  KvCache cache(config, o, gpu);
+
+  return {time_attention(gpu, cache, batch), kv_bytes, flops};
+}
+
+// Half the KV heads streaming (HeadPattern::uniform), the rest dense: one prompt prefilled in one
+// pass under `window`, or one decode step after it (streaming heads keep sink 128 + local 256).
+// FLOPs are counted as dense causal attention's ("dense-equivalent"), bytes as those read.
+Timing time_streaming(Backend& gpu, int32_t n, StreamingWindow window, bool decode) {
+  ModelConfig config;
+  config.num_layers = 1;
+  config.num_heads = kHeads;
+  config.num_kv_heads = kKvHeads;
+  config.head_dim = kHeadDim;
+  SparsityConfig sp;
+  sp.policy = AttentionPolicy::Streaming;
+  sp.page_size = 64;
+  sp.prefill_window = window;
+  sp.decode_window = {128, 256};
+  KvCacheOptions o;
+  o.page_size = 64;
+  o.retrieval_pages = n / 64 + 2;
+  o.streaming_pages = n / 64 + 2;
+  KvCache cache(config, HeadPattern::uniform(1, kKvHeads, 0.5), o, gpu);
+  SequenceKv seq;
+  cache.reserve(seq, decode ? n + 1 : n);
+  if (decode) cache.trim_streaming(seq, n, sp.decode_window);
+  const StepChunk chunk{&seq, decode ? n : 0, decode ? 1 : n, decode, nullptr};
+  const AttentionBatch batch = plan_step(cache, std::span<const StepChunk>(&chunk, 1), &sp);
+  const double pos = decode ? n : 0;
+  const double flops = decode ? 4.0 * kHeadDim * kHeads * (pos + 1) : 4.0 * kHeadDim * kHeads * n * (n + 1.0) / 2;
+  const double visible = std::min<double>(n + 1, static_cast<double>(sp.decode_window.sink + sp.decode_window.local));
+  const double kv_bytes = decode ? 2.0 * (kKvHeads / 2) * (n + 1 + visible) * kHeadDim * 2 : 0;
+  const double ms = time_attention(gpu, cache, batch);
+  cache.release(seq);
+  return {ms, kv_bytes, flops};
 }
 
 int run() {
@@ -174,6 +219,22 @@ int run() {
       std::printf("%-34s %5d %10.3f %12.0f %11.1f%% %10.1f\n", c.name, page, t.ms, gbs, 100.0 * gbs / bw,
                   t.flops / (t.ms * 1e-3) / 1e12);
     }
+  }
+
+  std::printf("\nhalf the KV heads streaming, the rest dense; page 64; TFLOP/s dense-equivalent\n");
+  for (const auto& [name, window] : {std::pair{"LServe's window (sink 128 + local 8192)", StreamingWindow{128, 8192}},
+                                     std::pair{"DuoAttention's (sink 64 + local 256)", StreamingWindow{64, 256}}}) {
+    for (int32_t n : {32768, 131072}) {
+      const Timing t = time_streaming(*gpu, n, window, false);
+      std::printf("prefill %3dK, %-40s %10.3f ms %10.1f TFLOP/s\n", n / 1024, name, t.ms,
+                  t.flops / (t.ms * 1e-3) / 1e12);
+    }
+  }
+  for (int32_t n : {131072, 262144}) {
+    const Timing t = time_streaming(*gpu, n, StreamingWindow{128, 8192}, true);
+    const double gbs = t.kv_bytes / (t.ms * 1e-3) / 1e9;
+    std::printf("decode %3dK x1 (streaming heads: sink 128 + local 256)    %10.3f ms %10.0f GB/s of KV read\n",
+                n / 1024, t.ms, gbs);
   }
   return 0;
 }

@@ -16,24 +16,63 @@
 
 #include <cstdint>
 
+#include "backend/cuda/head_map.h"
+
 namespace lserve::cuda {
 
 using bf16 = __nv_bfloat16;
 
-// One layer's attention over the step's batch; every pointer is device memory.
-struct AttentionParams {
-  const bf16* q;        // [num_tokens, num_heads, head_dim]
-  bf16* out;            // same
-  const bf16* k_pages;  // [num_pages, num_kv_heads, page_size, head_dim]
-  const bf16* v_pages;  // same
-  const int32_t* query_start;   // [num_seqs + 1]
-  const int32_t* seq_lens;      // [num_seqs]
-  const int32_t* page_indptr;   // [num_seqs + 1]
-  const int32_t* page_indices;  // [page_indptr[num_seqs]]
-  int32_t num_seqs, num_tokens;
-  int32_t num_heads, num_kv_heads, head_dim, page_size;
-  float scale;
+// Streaming heads' windows (sparse/sparsity_config.h): a streaming head's query at position q
+// sees key k <= q when k < sink or k > q - local; prefill rows use the prefill window, the row
+// of a decoding sequence the decode window.
+struct StreamingWindows {
+  int32_t prefill_sink = 0, prefill_local = 0, decode_sink = 0, decode_local = 0;
 };
+
+// One layer's attention over the step's batch; every pointer is device memory.
+//
+// KV heads live in two pools, placed by `heads` (head_map.h); the streaming pool and its page
+// tables are used only when the layer has streaming heads.
+struct AttentionParams {
+  const bf16* q = nullptr;        // [num_tokens, num_heads, head_dim]
+  bf16* out = nullptr;            // same
+  const bf16* k_pages = nullptr;  // retrieval pool: [num_pages, heads.retrieval_heads, page_size, head_dim]
+  const bf16* v_pages = nullptr;  // same
+  const int32_t* query_start = nullptr;   // [num_seqs + 1]
+  const int32_t* seq_lens = nullptr;      // [num_seqs]
+  const int32_t* page_indptr = nullptr;   // [num_seqs + 1]
+  const int32_t* page_indices = nullptr;  // [page_indptr[num_seqs]]
+  int32_t num_seqs = 0, num_tokens = 0;
+  int32_t num_heads = 0, num_kv_heads = 0, head_dim = 0, page_size = 0;
+  float scale = 0.0f;
+  // ---- streaming heads (stream_heads == 0: none) ----
+  const bf16* k_stream = nullptr;  // streaming pool: [num_pages, heads.stream_heads, page_size, head_dim]
+  const bf16* v_stream = nullptr;
+  const int32_t* stream_page_indptr = nullptr;   // [num_seqs + 1]
+  const int32_t* stream_page_indices = nullptr;  // -1 where released
+  const int32_t* decoding = nullptr;             // [num_seqs]: 1 where the sequence decodes
+  StreamingWindows windows;
+  HeadMap heads;
+};
+
+// One KV head's keys and values for one sequence: the pool of its kind, the sequence's page
+// table in that pool, and the head's index among the pool's heads.
+struct HeadKv {
+  const bf16* k;
+  const bf16* v;
+  const int32_t* pages;
+  int32_t pool_heads, index;
+  // Row of `key` in k and v (rows of head_dim).
+  __host__ __device__ int64_t row(int32_t key, int32_t page_size) const {
+    return (int64_t{pages[key / page_size]} * pool_heads + index) * page_size + key % page_size;
+  }
+};
+
+__host__ __device__ inline HeadKv head_kv(const AttentionParams& p, int kv_head, int32_t seq) {
+  const int slot = p.heads.slot[kv_head];
+  if (slot >= 0) return {p.k_pages, p.v_pages, p.page_indices + p.page_indptr[seq], p.heads.retrieval_heads, slot};
+  return {p.k_stream, p.v_stream, p.stream_page_indices + p.stream_page_indptr[seq], p.heads.stream_heads, ~slot};
+}
 
 // Query tile of a prefill plan item: rows row_begin .. row_begin + kPrefillItemRows - 1 of
 // sequence `seq`, where row r is (new token r / G, head r % G of the KV head's group of G). The

@@ -40,25 +40,19 @@ constexpr size_t decode_smem_bytes() {
   return static_cast<size_t>(16 + 4 * kKeys) * (D + 8) * sizeof(bf16);  // Q, 2 x (K, V)
 }
 
-template <int D>
-__global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams p, const DecodeItem* __restrict__ items,
-                                                          float* __restrict__ partial_o,
-                                                          float* __restrict__ partial_lse,
-                                                          const int32_t* __restrict__ num_items) {
+// One split of one sequence for one KV head, over the keys `tiles` gives.
+template <int D, class Tiles>
+__device__ void decode_split(const AttentionParams& p, const DecodeItem item, const Tiles tiles, const HeadKv hv,
+                             float* __restrict__ partial_o, float* __restrict__ partial_lse, unsigned char* smem) {
   constexpr int kStride = D + 8, DT = D / 8;
   static_assert(static_cast<size_t>(kWarps) * 16 * (D + 2) * sizeof(float) <= 4 * kKeys * kStride * sizeof(bf16),
                 "the warp states must fit in the K/V tiles' shared memory");
-  extern __shared__ __align__(16) unsigned char smem[];
   bf16* sq = reinterpret_cast<bf16*>(smem);
   bf16* sk = sq + 16 * kStride;
   bf16* sv = sk + 2 * kKeys * kStride;
-  if (static_cast<int32_t>(blockIdx.x) >= *num_items) return;  // past this step's items (a recorded grid)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const DecodeItem item = items[blockIdx.x];
   const int kvh = blockIdx.y, G = p.num_heads / p.num_kv_heads;
   const int32_t t = p.query_start[item.seq];  // the sequence's one new token
-  const int32_t* pages = p.page_indices + p.page_indptr[item.seq];
-  const tile::KeyRangeTiles<kKeys> tiles{item.key_begin, item.key_end};
 
   for (int c = threadIdx.x; c < 16 * (D / 8); c += kThreads) {
     const int r = c / (D / 8), ch = c % (D / 8);
@@ -67,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams 
     tile::cp_async_16(sq + r * kStride + ch * 8, src, valid);
   }
   const int32_t n = tiles.count();
-  tile::load_kv_tile<D, kKeys, kThreads>(sk, sv, p, pages, kvh, tiles.begin(0), tiles.end(0));
+  tile::load_kv_tile<D, kKeys, kThreads>(sk, sv, p, hv, tiles.begin(0), tiles.end(0));
   tile::cp_async_commit();
   const float scale_log2 = p.scale * tile::kLog2e;
 
@@ -79,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams 
   for (int32_t i = 0; i < n; ++i) {
     if (i + 1 < n)
       tile::load_kv_tile<D, kKeys, kThreads>(sk + ((i + 1) & 1) * kKeys * kStride, sv + ((i + 1) & 1) * kKeys * kStride,
-                                             p, pages, kvh, tiles.begin(i + 1), tiles.end(i + 1));
+                                             p, hv, tiles.begin(i + 1), tiles.end(i + 1));
     tile::cp_async_commit();
     tile::cp_async_wait<1>();
     __syncthreads();
@@ -133,12 +127,38 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams 
       acc += wo[(w * 16 + r) * D + d] * f;
     }
     const int head = kvh * G + r;
+    if (mx == -INFINITY && item.partial >= 0) {  // a streaming head's split outside its window: empty
+      partial_o[(int64_t{item.partial} * p.num_heads + head) * D + d] = 0.0f;
+      if (d == 0) partial_lse[int64_t{item.partial} * p.num_heads + head] = -INFINITY;
+      continue;
+    }
     if (item.partial < 0) {
       p.out[(int64_t{t} * p.num_heads + head) * D + d] = __float2bfloat16_rn(acc / lsum);
     } else {
       partial_o[(int64_t{item.partial} * p.num_heads + head) * D + d] = acc / lsum;
       if (d == 0) partial_lse[int64_t{item.partial} * p.num_heads + head] = mx + log2f(lsum);
     }
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams p, const DecodeItem* __restrict__ items,
+                                                          float* __restrict__ partial_o,
+                                                          float* __restrict__ partial_lse,
+                                                          const int32_t* __restrict__ num_items) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  if (static_cast<int32_t>(blockIdx.x) >= *num_items) return;  // past this step's items (a recorded grid)
+  const DecodeItem item = items[blockIdx.x];
+  const HeadKv hv = head_kv(p, blockIdx.y, item.seq);
+  if (p.heads.slot[blockIdx.y] < 0) {  // a streaming head reads the split's keys in its window only
+    const bool decoding = p.decoding && p.decoding[item.seq];
+    const auto tiles = tile::WindowedRangeTiles<kKeys>::make(
+        item.key_begin, item.key_end, decoding ? p.windows.decode_sink : p.windows.prefill_sink,
+        decoding ? p.windows.decode_local : p.windows.prefill_local, p.seq_lens[item.seq] - 1);
+    decode_split<D>(p, item, tiles, hv, partial_o, partial_lse, smem);
+  } else {
+    decode_split<D>(p, item, tile::KeyRangeTiles<kKeys>{item.key_begin, item.key_end}, hv, partial_o, partial_lse,
+                    smem);
   }
 }
 

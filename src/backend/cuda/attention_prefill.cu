@@ -41,7 +41,7 @@ __device__ void prefill_tile(const AttentionParams& p, const PrefillItem item, c
   bf16* sv = sk + 2 * kKeys * kStride;     // [2][kKeys][kStride]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kvh = blockIdx.y, G = p.num_heads / p.num_kv_heads;
-  const int32_t* pages = p.page_indices + p.page_indptr[item.seq];
+  const HeadKv hv = head_kv(p, kvh, item.seq);
 
   // The Q tile, rows past the sequence's last token zero-filled.
   for (int c = threadIdx.x; c < kPrefillRows * (D / 8); c += kThreads) {
@@ -51,12 +51,12 @@ __device__ void prefill_tile(const AttentionParams& p, const PrefillItem item, c
     tile::cp_async_16(sq + r * kStride + ch * 8, src, valid);
   }
   const int32_t n = tiles.count();
-  tile::load_kv_tile<D, kKeys, kThreads>(sk, sv, p, pages, kvh, tiles.begin(0), tiles.end(0));
+  tile::load_kv_tile<D, kKeys, kThreads>(sk, sv, p, hv, tiles.begin(0), tiles.end(0));
   tile::cp_async_commit();
 
   int32_t qpos[2];  // positions of this thread's two rows (rows past the end: harmless, unwritten)
   for (int hr = 0; hr < 2; ++hr) qpos[hr] = ctx + (item.row_begin + warp * 16 + lane / 4 + 8 * hr) / G;
-  const int32_t first_qpos = ctx + item.row_begin / G;
+  const int32_t first_qpos = ctx + item.row_begin / G, last_qpos = ctx + (row_end - 1) / G;
   const float scale_log2 = p.scale * tile::kLog2e;
 
   uint32_t qf[D / 16][4];
@@ -67,7 +67,7 @@ __device__ void prefill_tile(const AttentionParams& p, const PrefillItem item, c
   for (int32_t i = 0; i < n; ++i) {
     if (i + 1 < n)
       tile::load_kv_tile<D, kKeys, kThreads>(sk + ((i + 1) & 1) * kKeys * kStride, sv + ((i + 1) & 1) * kKeys * kStride,
-                                             p, pages, kvh, tiles.begin(i + 1), tiles.end(i + 1));
+                                             p, hv, tiles.begin(i + 1), tiles.end(i + 1));
     tile::cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning tile i
     tile::cp_async_wait<1>();
     __syncthreads();
@@ -78,14 +78,14 @@ __device__ void prefill_tile(const AttentionParams& p, const PrefillItem item, c
     float s[NT][4];
     tile::qk_scores<D, NT>(s, qf, kt, lane);
     const int32_t kb = tiles.begin(i), ke = tiles.end(i);
-    const bool mask = kb + kKeys - 1 > first_qpos || ke < kb + kKeys;
+    const bool mask = tiles.needs_mask(i, first_qpos, last_qpos);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int32_t key = kb + nt * 8 + (lane % 4) * 2 + (e & 1);
         const float v = s[nt][e] * scale_log2;
-        s[nt][e] = mask && (key > qpos[e >> 1] || key >= ke) ? -INFINITY : v;
+        s[nt][e] = mask && (key >= ke || !tiles.visible(key, qpos[e >> 1])) ? -INFINITY : v;
       }
     }
     tile::softmax_step<NT, DT>(s, m, l, o);
@@ -106,7 +106,7 @@ __device__ void prefill_tile(const AttentionParams& p, const PrefillItem item, c
 }
 
 template <int D>
-__global__ void __launch_bounds__(kThreads) prefill_dense_kernel(const AttentionParams p,
+__global__ void __launch_bounds__(kThreads) prefill_kernel(const AttentionParams p,
                                                                  const PrefillItem* __restrict__ items) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int kSplit = kPrefillItemRows / kPrefillRows;  // blocks per plan item
@@ -117,21 +117,29 @@ __global__ void __launch_bounds__(kThreads) prefill_dense_kernel(const Attention
   if (item.row_begin >= qlen * G) return;  // the item's last rows are past the sequence
   const int32_t ctx = p.seq_lens[item.seq] - qlen;  // position of the first new token
   const int32_t row_end = min(item.row_begin + kPrefillRows, qlen * G);
-  const tile::DenseCausalTiles<kKeys> tiles{ctx + (row_end - 1) / G + 1};
-  prefill_tile<D>(p, item, tiles, q0, ctx, row_end, smem);
+  const int32_t first_q = ctx + item.row_begin / G, last_q = ctx + (row_end - 1) / G;
+  if (p.heads.slot[blockIdx.y] < 0) {  // a streaming head: its sink and local tiles only
+    const bool decoding = p.decoding && p.decoding[item.seq];
+    const auto tiles = tile::StreamingTiles<kKeys>::make(decoding ? p.windows.decode_sink : p.windows.prefill_sink,
+                                                         decoding ? p.windows.decode_local : p.windows.prefill_local,
+                                                         first_q, last_q);
+    prefill_tile<D>(p, item, tiles, q0, ctx, row_end, smem);
+  } else {
+    prefill_tile<D>(p, item, tile::DenseCausalTiles<kKeys>{last_q + 1}, q0, ctx, row_end, smem);
+  }
 }
 
 template <int D>
 void launch(const AttentionParams& p, const PrefillItem* items, int32_t num_items, cudaStream_t stream) {
   constexpr size_t smem = prefill_smem_bytes<D>();
   static const bool attribute_set = [] {
-    LSERVE_CUDA_CHECK(cudaFuncSetAttribute(prefill_dense_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    LSERVE_CUDA_CHECK(cudaFuncSetAttribute(prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
     return true;
   }();
   (void)attribute_set;
   const unsigned blocks = static_cast<unsigned>(num_items) * (kPrefillItemRows / kPrefillRows);
-  prefill_dense_kernel<D><<<dim3(blocks, static_cast<unsigned>(p.num_kv_heads)), kThreads, smem, stream>>>(p, items);
+  prefill_kernel<D><<<dim3(blocks, static_cast<unsigned>(p.num_kv_heads)), kThreads, smem, stream>>>(p, items);
   LSERVE_CUDA_CHECK_LAUNCH();
 }
 

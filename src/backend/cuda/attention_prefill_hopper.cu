@@ -141,8 +141,9 @@ __device__ void prefill_tile_hopper(const AttentionParams& p, const PrefillItem 
   if (warpgroup == 0) {
     // ---- producer ----
     wgmma::setmaxnreg_dec<kProducerRegs>();
-    const int32_t* pages = p.page_indices + p.page_indptr[item.seq];
-    const uint32_t ps = static_cast<uint32_t>(p.page_size), hk = static_cast<uint32_t>(p.num_kv_heads);
+    const HeadKv hv = head_kv(p, kvh, item.seq);
+    const uint32_t ps = static_cast<uint32_t>(p.page_size), hk = static_cast<uint32_t>(hv.pool_heads);
+    const uint32_t pool_index = static_cast<uint32_t>(hv.index);
     {
       const int row = item.row_begin + 32 * warp + lane;
       uint32_t src = ~0u;
@@ -160,13 +161,13 @@ __device__ void prefill_tile_hopper(const AttentionParams& p, const PrefillItem 
       uint32_t src = ~0u;
       if (key < tiles.end(i)) {
         const uint32_t k = static_cast<uint32_t>(key);
-        src = (static_cast<uint32_t>(pages[k / ps]) * hk + kvh) * ps + k % ps;
+        src = (static_cast<uint32_t>(hv.pages[k / ps]) * hk + pool_index) * ps + k % ps;
       }
       wgmma::mbar_wait(empty_k + s, parity);
-      load_rows<D>(sk + s * L::kKvBytes, L::kKvBlock, p.k_pages, src, warp, lane);
+      load_rows<D>(sk + s * L::kKvBytes, L::kKvBlock, hv.k, src, warp, lane);
       wgmma::cp_async_arrive(full_k + s);
       wgmma::mbar_wait(empty_v + s, parity);
-      load_rows<D>(sv + s * L::kKvBytes, L::kKvBlock, p.v_pages, src, warp, lane);
+      load_rows<D>(sv + s * L::kKvBytes, L::kKvBlock, hv.v, src, warp, lane);
       wgmma::cp_async_arrive(full_v + s);
     }
     wgmma::cp_async_wait_all();  // nothing in flight when the warp exits
@@ -180,7 +181,7 @@ __device__ void prefill_tile_hopper(const AttentionParams& p, const PrefillItem 
   const int wg_row = item.row_begin + 64 * wg;  // first plan row of this warpgroup
   int32_t qpos[2];  // positions of this thread's two rows (rows past the end: harmless, unwritten)
   for (int hr = 0; hr < 2; ++hr) qpos[hr] = ctx + (wg_row + warp * 16 + lane / 4 + 8 * hr) / G;
-  const int32_t first_qpos = ctx + wg_row / G;
+  const int32_t first_qpos = ctx + wg_row / G, last_qpos = ctx + (min(wg_row + 63, row_end - 1)) / G;
   const float scale_log2 = p.scale * tile::kLog2e;
   const uint32_t q_addr = sq + 64 * wg * L::kRowBlock;
 
@@ -220,13 +221,13 @@ __device__ void prefill_tile_hopper(const AttentionParams& p, const PrefillItem 
   // scale - max), and the running sums. The maximum is taken on the raw scores: scale > 0.
   auto softmax = [&](int32_t i) {
     const int32_t kb = tiles.begin(i), ke = tiles.end(i);
-    if (kb + kKeys - 1 > first_qpos || ke < kb + kKeys) {
+    if (tiles.needs_mask(i, first_qpos, last_qpos)) {
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int32_t key = kb + nt * 8 + (lane % 4) * 2 + (e & 1);
-          if (key > qpos[e >> 1] || key >= ke) s[nt][e] = -INFINITY;
+          if (key >= ke || !tiles.visible(key, qpos[e >> 1])) s[nt][e] = -INFINITY;
         }
       }
     }
@@ -345,8 +346,17 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_hopper_kernel(const Atten
   const int32_t q0 = p.query_start[item.seq], qlen = p.query_start[item.seq + 1] - q0;
   const int32_t ctx = p.seq_lens[item.seq] - qlen;  // position of the first new token
   const int32_t row_end = min(item.row_begin + kRows, qlen * G);
-  const tile::DenseCausalTiles<kKeys> tiles{ctx + (row_end - 1) / G + 1};
-  prefill_tile_hopper<D, kStages>(p, item, tiles, q0, ctx, row_end, smem);
+  const int32_t first_q = ctx + item.row_begin / G, last_q = ctx + (row_end - 1) / G;
+  // One launch for both kinds of head: a streaming head walks its sink and local tiles only.
+  if (p.heads.slot[blockIdx.y] < 0) {
+    const bool decoding = p.decoding && p.decoding[item.seq];
+    const auto tiles = tile::StreamingTiles<kKeys>::make(decoding ? p.windows.decode_sink : p.windows.prefill_sink,
+                                                         decoding ? p.windows.decode_local : p.windows.prefill_local,
+                                                         first_q, last_q);
+    prefill_tile_hopper<D, kStages>(p, item, tiles, q0, ctx, row_end, smem);
+  } else {
+    prefill_tile_hopper<D, kStages>(p, item, tile::DenseCausalTiles<kKeys>{last_q + 1}, q0, ctx, row_end, smem);
+  }
 #else
   (void)p;
   (void)items;

@@ -46,7 +46,13 @@ __global__ void __launch_bounds__(kThreads) attention_reference_kernel(const Att
   const int qlen = p.query_start[b + 1] - p.query_start[b];
   const int qpos = p.seq_lens[b] - qlen + (t - p.query_start[b]);
   const int kvh = h / (p.num_heads / p.num_kv_heads);
-  const int32_t* pages = p.page_indices + p.page_indptr[b];
+  const bool streaming = p.heads.slot[kvh] < 0;
+  const bool decoding = p.decoding && p.decoding[b];
+  const int sink = decoding ? p.windows.decode_sink : p.windows.prefill_sink;
+  const int local = decoding ? p.windows.decode_local : p.windows.prefill_local;
+  // Causal, and for a streaming head the Lambda mask: the sink and the local window.
+  auto visible = [&](int key) { return key <= qpos && (!streaming || key < sink || key > qpos - local); };
+  const HeadKv hv = head_kv(p, kvh, b);
   const int64_t head_row = (int64_t{t} * p.num_heads + h) * D;
 
   for (int d = threadIdx.x; d < D; d += kThreads) {
@@ -54,28 +60,28 @@ __global__ void __launch_bounds__(kThreads) attention_reference_kernel(const Att
     os[d] = 0.0f;
   }
   __syncthreads();
-  auto key_offset = [&](int key) {
-    return ((int64_t{pages[key / p.page_size]} * p.num_kv_heads + kvh) * p.page_size + key % p.page_size) * D;
-  };
+  auto key_offset = [&](int key) { return hv.row(key, p.page_size) * D; };
 
   float m = -FLT_MAX, l = 0.0f;
   for (int k0 = 0; k0 <= qpos; k0 += kThreads) {
     const int key = k0 + threadIdx.x;
     float s = -FLT_MAX;
-    if (key <= qpos) {
-      const bf16* k = p.k_pages + key_offset(key);
+    const bool seen = visible(key);
+    if (seen) {
+      const bf16* k = hv.k + key_offset(key);
       s = 0.0f;
       for (int d = 0; d < D; ++d) s += qs[d] * __bfloat162float(k[d]);
     }
     const float m_new = fmaxf(m, block_reduce(s, scratch, true));
     const float corr = expf(m - m_new);
-    const float pk = key <= qpos ? expf(s - m_new) : 0.0f;
+    const float pk = seen ? expf(s - m_new) : 0.0f;
     ps[threadIdx.x] = pk;
     l = l * corr + block_reduce(pk, scratch, false);  // synchronizes: ps is complete after it
     const int n = min(kThreads, qpos + 1 - k0);
     for (int d = threadIdx.x; d < D; d += kThreads) {
       float acc = os[d] * corr;
-      for (int j = 0; j < n; ++j) acc += ps[j] * __bfloat162float(p.v_pages[key_offset(k0 + j) + d]);
+      for (int j = 0; j < n; ++j)  // invisible keys' pages may be released: never read
+        if (visible(k0 + j)) acc += ps[j] * __bfloat162float(hv.v[key_offset(k0 + j) + d]);
       os[d] = acc;
     }
     m = m_new;

@@ -64,15 +64,59 @@ __device__ inline uint32_t pack_bf16(float lo, float hi) {
 
 // ---- KV tile iterators: which keys a query tile visits, tile by tile ----
 // Interface: count(); begin(i), end(i): the keys [begin, end) of the i-th tile, end - begin at
-// most the tile size. The kernel masks keys at or past end(i) and keys after each query.
-// Dense causal: every tile from key 0 to the last key the tile's queries may see. The sparse
-// kernels add iterators of this shape (sink + local tiles, selected pages) and reuse the kernel.
+// most the tile size; visible(key, q): whether a query at position q sees the key (the kernel
+// also masks keys at or past end(i)); needs_mask(i, first_q, last_q): whether tile i holds a key
+// some query in [first_q, last_q] must not see, so the kernel masks only those tiles. The
+// sparse policies add iterators of this shape and reuse the kernels.
+
+// Dense causal: every tile from key 0 to the last key the tile's queries may see.
 template <int kKeys>
 struct DenseCausalTiles {
   int32_t key_end;  // one past the last visible key
   __device__ int32_t count() const { return (key_end + kKeys - 1) / kKeys; }
   __device__ int32_t begin(int32_t i) const { return i * kKeys; }
   __device__ int32_t end(int32_t i) const { return min(key_end, (i + 1) * kKeys); }
+  __device__ bool visible(int32_t key, int32_t q) const { return key <= q; }
+  __device__ bool needs_mask(int32_t i, int32_t first_q, int32_t last_q) const {
+    (void)last_q;
+    return begin(i) + kKeys - 1 > first_q || end(i) < begin(i) + kKeys;
+  }
+};
+
+// A streaming head (the Lambda mask): the sink tiles, keys [0, sink_end), then the band tiles
+// from the oldest key the first query's local window reaches to the last query. Keys between
+// are never visited; the band's lower edge and the causal edge are masked token-exactly.
+template <int kKeys>
+struct StreamingTiles {
+  int32_t sink, local;        // the window
+  int32_t sink_end;           // the sink tiles cover [0, sink_end)
+  int32_t band_begin, key_end;  // the band tiles cover [band_begin, key_end)
+  int32_t sink_tiles;
+
+  __device__ static StreamingTiles make(int32_t sink, int32_t local, int32_t first_q, int32_t last_q) {
+    StreamingTiles t;
+    t.sink = sink;
+    t.local = local;
+    t.key_end = last_q + 1;
+    t.band_begin = max(0, first_q - local + 1);
+    t.sink_end = min(sink, t.band_begin);  // a sink the band reaches is walked as band
+    t.sink_tiles = (t.sink_end + kKeys - 1) / kKeys;
+    return t;
+  }
+  __device__ int32_t count() const { return sink_tiles + (key_end - band_begin + kKeys - 1) / kKeys; }
+  __device__ int32_t begin(int32_t i) const {
+    return i < sink_tiles ? i * kKeys : band_begin + (i - sink_tiles) * kKeys;
+  }
+  __device__ int32_t end(int32_t i) const {
+    return i < sink_tiles ? min(sink_end, (i + 1) * kKeys) : min(key_end, band_begin + (i - sink_tiles + 1) * kKeys);
+  }
+  __device__ bool visible(int32_t key, int32_t q) const { return key <= q && (key < sink || key > q - local); }
+  __device__ bool needs_mask(int32_t i, int32_t first_q, int32_t last_q) const {
+    const int32_t b = begin(i), e = end(i);
+    const bool causal = b + kKeys - 1 > first_q || e < b + kKeys;
+    const bool band = b <= last_q - local && e > sink;  // keys the last query's window has left
+    return causal || band;
+  }
 };
 
 // A contiguous key range [first, last) in tiles (one split of a decode).
@@ -84,26 +128,44 @@ struct KeyRangeTiles {
   __device__ int32_t end(int32_t i) const { return min(last, first + (i + 1) * kKeys); }
 };
 
+// The keys of [first, last) a streaming head's query at position q sees: the part in the sink,
+// then the part in the local window, each walked as a range (empty parts give no tiles). Every
+// key of every tile is visible, so no mask is needed beyond end(i).
+template <int kKeys>
+struct WindowedRangeTiles {
+  KeyRangeTiles<kKeys> sink_part, band_part;
+  __device__ static WindowedRangeTiles make(int32_t first, int32_t last, int32_t sink, int32_t local, int32_t q) {
+    const int32_t sink_last = max(first, min(last, sink));
+    const int32_t band_first = min(last, max(sink_last, max(first, q - local + 1)));
+    return {{first, sink_last}, {band_first, last}};
+  }
+  __device__ int32_t count() const { return sink_part.count() + band_part.count(); }
+  __device__ int32_t begin(int32_t i) const {
+    const int32_t n = sink_part.count();
+    return i < n ? sink_part.begin(i) : band_part.begin(i - n);
+  }
+  __device__ int32_t end(int32_t i) const {
+    const int32_t n = sink_part.count();
+    return i < n ? sink_part.end(i) : band_part.end(i - n);
+  }
+};
+
 // Loads keys [key_begin, key_end) of one KV head into K and V tiles of kKeys rows (rows past the
 // end are zero-filled, so masked keys never bring NaN from unwritten slots into P.V). Each key's
-// page comes from the sequence's page list; one 16-byte cp.async per thread and step, threads
-// of a row adjacent so a row is one coalesced 2*head_dim-byte read.
+// page comes from the head's page table; one 16-byte cp.async per thread and step, threads of a
+// row adjacent so a row is one coalesced 2*head_dim-byte read.
 template <int D, int kKeys, int kThreads>
-__device__ inline void load_kv_tile(bf16* sk, bf16* sv, const AttentionParams& p, const int32_t* pages, int kv_head,
-                                    int32_t key_begin, int32_t key_end) {
+__device__ inline void load_kv_tile(bf16* sk, bf16* sv, const AttentionParams& p, const HeadKv& hv, int32_t key_begin,
+                                    int32_t key_end) {
   constexpr int kChunks = D / 8, kStride = D + 8;
 #pragma unroll
   for (int c = threadIdx.x; c < kKeys * kChunks; c += kThreads) {
     const int row = c / kChunks, ch = c % kChunks;
     const int32_t key = key_begin + row;
     const bool valid = key < key_end;
-    int64_t off = 0;
-    if (valid) {
-      const int64_t page = pages[key / p.page_size];
-      off = ((page * p.num_kv_heads + kv_head) * p.page_size + key % p.page_size) * D + ch * 8;
-    }
-    cp_async_16(sk + row * kStride + ch * 8, p.k_pages + off, valid);
-    cp_async_16(sv + row * kStride + ch * 8, p.v_pages + off, valid);
+    const int64_t off = valid ? hv.row(key, p.page_size) * D + ch * 8 : 0;
+    cp_async_16(sk + row * kStride + ch * 8, hv.k + off, valid);
+    cp_async_16(sv + row * kStride + ch * 8, hv.v + off, valid);
   }
 }
 

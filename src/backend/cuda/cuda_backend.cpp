@@ -35,8 +35,25 @@ struct DeviceBatch {
   const int32_t* page_indptr = nullptr;
   const int32_t* page_indices = nullptr;
   const int32_t* positions = nullptr;
+  // Streaming heads' tables (null when the cache has none) and which sequences decode.
+  const int64_t* stream_slot_mapping = nullptr;
+  const int32_t* stream_page_indptr = nullptr;
+  const int32_t* stream_page_indices = nullptr;
+  const int32_t* decoding = nullptr;
   int32_t num_seqs = 0, num_tokens = 0;
 };
+
+// Windows as the kernels take them (int32; a window past any context is clamped, not wrapped).
+cuda::StreamingWindows windows_of(const SparsityConfig* s) {
+  cuda::StreamingWindows w;
+  if (!s) return w;
+  auto clamp = [](int64_t v) { return static_cast<int32_t>(std::min<int64_t>(v, int64_t{1} << 30)); };
+  w.prefill_sink = clamp(s->prefill_window.sink);
+  w.prefill_local = clamp(s->prefill_window.local);
+  w.decode_sink = clamp(s->decode_window.sink);
+  w.decode_local = clamp(s->decode_window.local);
+  return w;
+}
 
 bf16* bf16_of(const Tensor& t) { return static_cast<bf16*>(t.data); }
 
@@ -144,30 +161,54 @@ class CudaBackend final : public Backend {
                      batch.slot_mapping.size() == T && batch.positions.size() == T,
                  "inconsistent AttentionBatch");
     LSERVE_CHECK(!capturing_, "begin_step inside a recorded step");
-    // Layout: slot_mapping (i64) first for alignment, then the i32 arrays, the page list last:
-    // every array but the last then sits at an offset that depends on T and B alone, so a step
-    // recorded for this shape finds them where it recorded them.
-    const size_t n32 = (B + 1) + B + (B + 1) + T + batch.page_indices.size();
-    step_host_.resize(T * 8 + n32 * 4);
+    // Layout: the slot mappings (i64) first for alignment, then the i32 arrays, the page list
+    // last: every array but the last then sits at an offset that depends on T and B alone, so a
+    // step recorded for this shape finds them where it recorded them. The streaming page list,
+    // also of varying length, has a buffer of its own.
+    const bool streaming = !batch.streaming_page_indptr.empty();
+    LSERVE_CHECK(!streaming || (batch.streaming_page_indptr.size() == B + 1 && batch.streaming_slot_mapping.size() == T),
+                 "inconsistent streaming tables in the AttentionBatch");
+    const size_t n64 = streaming ? 2 * T : T;
+    const size_t n32 = (B + 1) + B + (B + 1) + (B + 1) + B + T + batch.page_indices.size();
+    step_host_.resize(n64 * 8 + n32 * 4);
     char* h = step_host_.data();
-    auto put = [&](const void* src, size_t bytes) {
-      std::memcpy(h, src, bytes);
+    auto put = [&](const auto& array) {  // a vector's elements, appended
+      const size_t bytes = array.size() * sizeof(array[0]);
+      if (bytes) std::memcpy(h, array.data(), bytes);
       h += bytes;
     };
-    put(batch.slot_mapping.data(), T * 8);
-    put(batch.query_start.data(), (B + 1) * 4);
-    put(batch.seq_lens.data(), B * 4);
-    put(batch.page_indptr.data(), (B + 1) * 4);
-    put(batch.positions.data(), T * 4);
-    put(batch.page_indices.data(), batch.page_indices.size() * 4);
+    put(batch.slot_mapping);
+    if (streaming) put(batch.streaming_slot_mapping);
+    put(batch.query_start);
+    put(batch.seq_lens);
+    put(batch.page_indptr);
+    // The streaming indptr (zeros without streaming heads), then the decoding flags.
+    const std::vector<int32_t> stream_indptr =
+        streaming ? batch.streaming_page_indptr : std::vector<int32_t>(batch.page_indptr.size(), 0);
+    std::vector<int32_t> decoding(batch.seq_lens.size(), 0);
+    for (size_t b = 0; b < decoding.size() && b < batch.decoding.size(); ++b) decoding[b] = batch.decoding[b] ? 1 : 0;
+    put(stream_indptr);
+    put(decoding);
+    put(batch.positions);
+    put(batch.page_indices);
     char* d = static_cast<char*>(step_device_.ensure(step_host_.size(), stream_));
     uploader_->upload(d, step_host_.data(), step_host_.size());
     dbatch_.slot_mapping = reinterpret_cast<const int64_t*>(d);
-    dbatch_.query_start = reinterpret_cast<const int32_t*>(d + T * 8);
+    dbatch_.stream_slot_mapping = streaming ? dbatch_.slot_mapping + T : nullptr;
+    dbatch_.query_start = reinterpret_cast<const int32_t*>(d + n64 * 8);
     dbatch_.seq_lens = dbatch_.query_start + B + 1;
     dbatch_.page_indptr = dbatch_.seq_lens + B;
-    dbatch_.positions = dbatch_.page_indptr + B + 1;
+    dbatch_.stream_page_indptr = streaming ? dbatch_.page_indptr + B + 1 : nullptr;
+    dbatch_.decoding = dbatch_.page_indptr + 2 * (B + 1);
+    dbatch_.positions = dbatch_.decoding + B;
     dbatch_.page_indices = dbatch_.positions + T;
+    dbatch_.stream_page_indices = nullptr;
+    if (streaming) {
+      const size_t bytes = std::max<size_t>(batch.streaming_page_indices.size(), 1) * 4;
+      auto* sd = static_cast<int32_t*>(stream_pages_device_.ensure(bytes, stream_));
+      uploader_->upload(sd, batch.streaming_page_indices.data(), batch.streaming_page_indices.size() * 4);
+      dbatch_.stream_page_indices = sd;
+    }
     dbatch_.num_seqs = static_cast<int32_t>(B);
     dbatch_.num_tokens = static_cast<int32_t>(T);
     step_batch_ = &batch;
@@ -336,8 +377,16 @@ class CudaBackend final : public Backend {
     expect_bf16(v, "kv_append v");
     expect_kv_cache(cache);
     ensure_step(batch);
-    cuda::kv_append(bf16_of(k), bf16_of(v), dbatch_.slot_mapping, k.dim(0), bf16_of(cache.k_pages(layer)),
-                    bf16_of(cache.v_pages(layer)), cache.num_kv_heads(), cache.page_size(), cache.head_dim(), stream_);
+    const bool streaming = cache.has_streaming_heads();
+    LSERVE_CHECK(!streaming || dbatch_.stream_slot_mapping, "a cache with streaming heads needs their slots in the batch");
+    const cuda::KvPools pools{bf16_of(cache.k_pages(layer)),
+                              bf16_of(cache.v_pages(layer)),
+                              dbatch_.slot_mapping,
+                              streaming ? bf16_of(cache.k_pages(layer, HeadKind::Streaming)) : nullptr,
+                              streaming ? bf16_of(cache.v_pages(layer, HeadKind::Streaming)) : nullptr,
+                              dbatch_.stream_slot_mapping};
+    cuda::kv_append(bf16_of(k), bf16_of(v), pools, head_map(cache, layer), k.dim(0), cache.num_kv_heads(),
+                    cache.page_size(), cache.head_dim(), stream_);
   }
 
   void attention(const KvCache& cache, int64_t layer, const Tensor& q, const AttentionBatch& batch, float scale,
@@ -350,21 +399,32 @@ class CudaBackend final : public Backend {
     const int64_t D = cache.head_dim(), Hk = cache.num_kv_heads(), H = q.dim(1) / D;
     LSERVE_CHECK(H % Hk == 0 && q.dim(0) == batch.num_tokens(), "attention: {} heads over {} KV heads, {} rows", H, Hk,
                  q.dim(0));
-    cuda::AttentionParams p{bf16_of(q),
-                            bf16_of(out),
-                            bf16_of(cache.k_pages(layer)),
-                            bf16_of(cache.v_pages(layer)),
-                            dbatch_.query_start,
-                            dbatch_.seq_lens,
-                            dbatch_.page_indptr,
-                            dbatch_.page_indices,
-                            dbatch_.num_seqs,
-                            dbatch_.num_tokens,
-                            static_cast<int32_t>(H),
-                            static_cast<int32_t>(Hk),
-                            static_cast<int32_t>(D),
-                            cache.page_size(),
-                            scale};
+    cuda::AttentionParams p;
+    p.q = bf16_of(q);
+    p.out = bf16_of(out);
+    p.k_pages = bf16_of(cache.k_pages(layer));
+    p.v_pages = bf16_of(cache.v_pages(layer));
+    p.query_start = dbatch_.query_start;
+    p.seq_lens = dbatch_.seq_lens;
+    p.page_indptr = dbatch_.page_indptr;
+    p.page_indices = dbatch_.page_indices;
+    p.num_seqs = dbatch_.num_seqs;
+    p.num_tokens = dbatch_.num_tokens;
+    p.num_heads = static_cast<int32_t>(H);
+    p.num_kv_heads = static_cast<int32_t>(Hk);
+    p.head_dim = static_cast<int32_t>(D);
+    p.page_size = cache.page_size();
+    p.scale = scale;
+    if (cache.has_streaming_heads()) {
+      LSERVE_CHECK(dbatch_.stream_page_indptr, "a cache with streaming heads needs their page tables in the batch");
+      p.k_stream = bf16_of(cache.k_pages(layer, HeadKind::Streaming));
+      p.v_stream = bf16_of(cache.v_pages(layer, HeadKind::Streaming));
+      p.stream_page_indptr = dbatch_.stream_page_indptr;
+      p.stream_page_indices = dbatch_.stream_page_indices;
+    }
+    p.decoding = dbatch_.decoding;
+    p.windows = windows_of(batch.sparsity);
+    p.heads = head_map(cache, layer);
     if (options_.reference_attention || !cuda::fast_attention_supports(static_cast<int>(D))) {
       cuda::attention_reference(p, stream_);
       return;
@@ -398,9 +458,21 @@ class CudaBackend final : public Backend {
   void expect_kv_cache(const KvCache& cache) const {
     LSERVE_CHECK(cache.dtype() == DType::BF16 && cache.k_pages(0).device == Device::Cuda,
                  "the KV cache must be bf16 on the GPU (made with this backend)");
-    // The GPU kernels so far are the dense ones: every KV head in the retrieval pool, in order.
-    if (cache.has_streaming_heads())
-      fail("streaming heads are not yet supported by the CUDA backend (use --attention dense, or --device cpu)");
+    if (cache.num_kv_heads() > cuda::kMaxKvHeads)
+      fail("the CUDA backend takes at most {} KV heads per layer, the model has {}", cuda::kMaxKvHeads,
+           cache.num_kv_heads());
+  }
+
+  // Where the layer's KV heads live in the cache's pools (built on the host: a kernel argument).
+  static cuda::HeadMap head_map(const KvCache& cache, int64_t layer) {
+    cuda::HeadMap m;
+    m.retrieval_heads = static_cast<int32_t>(cache.heads_in_pool(HeadKind::Retrieval, layer));
+    m.stream_heads = static_cast<int32_t>(cache.heads_in_pool(HeadKind::Streaming, layer));
+    for (int64_t h = 0; h < cache.num_kv_heads(); ++h) {
+      const HeadSlot slot = cache.slot(layer, h);
+      m.slot[h] = static_cast<int16_t>(slot.kind == HeadKind::Retrieval ? slot.index : ~slot.index);
+    }
+    return m;
   }
 
   static void expect_dense(const AttentionBatch& batch) {
@@ -464,6 +536,7 @@ class CudaBackend final : public Backend {
     uint64_t h = 1469598103934665603ull;
     auto mix = [&](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
     mix(reinterpret_cast<uintptr_t>(step_device_.data()));
+    mix(reinterpret_cast<uintptr_t>(stream_pages_device_.data()));
     mix(reinterpret_cast<uintptr_t>(plan_device_.data()));
     mix(reinterpret_cast<uintptr_t>(partial_o_));
     mix(reinterpret_cast<uintptr_t>(partial_lse_));
@@ -489,7 +562,7 @@ class CudaBackend final : public Backend {
 
   // The step's batch on the device.
   std::vector<char> step_host_;
-  cuda::GrowableBuffer step_device_;
+  cuda::GrowableBuffer step_device_, stream_pages_device_;
   DeviceBatch dbatch_;
   const AttentionBatch* step_batch_ = nullptr;
 

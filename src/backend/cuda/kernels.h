@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "backend/cuda/head_map.h"
+
 namespace lserve::cuda {
 
 using bf16 = __nv_bfloat16;
@@ -44,9 +46,20 @@ void embedding(const int32_t* ids, const bf16* table, int64_t vocab, int64_t hid
 void gather_rows(const void* src, const int32_t* rows, int64_t num_rows, int64_t row_bytes, void* dst,
                  cudaStream_t stream);
 
-// Writes k and v ([tokens, kv_heads * head_dim]) into the paged pools
-// ([num_pages, kv_heads, page_size, head_dim]) at slot_mapping[t] = page * page_size + offset.
-void kv_append(const bf16* k, const bf16* v, const int64_t* slot_mapping, int64_t tokens, bf16* k_pages,
-               bf16* v_pages, int64_t kv_heads, int64_t page_size, int64_t head_dim, cudaStream_t stream);
+// The two pools of one layer and where the step's tokens go in each (slot = page * page_size +
+// offset); the streaming ones are unused when the layer has no streaming heads.
+struct KvPools {
+  bf16* k_pages;
+  bf16* v_pages;
+  const int64_t* slot_mapping;  // [tokens]
+  bf16* k_stream;
+  bf16* v_stream;
+  const int64_t* stream_slot_mapping;  // [tokens]
+};
+
+// Writes k and v ([tokens, kv_heads * head_dim]) into the pools ([num_pages, heads_in_pool,
+// page_size, head_dim]), each KV head into the pool and at the index `heads` gives it.
+void kv_append(const bf16* k, const bf16* v, const KvPools& pools, const HeadMap& heads, int64_t tokens,
+               int64_t kv_heads, int64_t page_size, int64_t head_dim, cudaStream_t stream);
 
 }  // namespace lserve::cuda
