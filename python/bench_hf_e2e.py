@@ -389,6 +389,20 @@ def report(args):
         lines.append("")
         lines.append(f"lserve prefill of {k[3]} prompts of {k[2]} tokens together: {data[k]:.0f} tokens/s "
                      f"({k[2] * k[3] / data[k]:.1f} s; decode rows of the finished prompts ride along).")
+    # lserve's sparse policies (system lserve-POLICY) against its own dense run.
+    policies = sorted({k[0] for k in data if k[0].startswith("lserve-")})
+    if policies:
+        lines += ["", "lserve's sparse attention policies against dense lserve (same run):", "",
+                  "| policy | case | context | batch | sparse | dense | speedup |", "|---|---|---|---|---|---|---|"]
+        for pol in policies:
+            for (system, case, n, b), v in sorted(data.items()):
+                if system != pol or case not in ("prefill_time", "decode_step"):
+                    continue
+                dense = get("lserve", case, n, b)
+                unit = "s" if case == "prefill_time" else "ms"
+                lines.append(f"| {pol[len('lserve-'):]} | {case.split('_')[0]} | {n} | {b} | {v:.2f} {unit} | "
+                             f"{'' if dense is None else f'{dense:.2f} {unit}'} | "
+                             f"{'' if dense is None else f'{dense / v:.2f}x'} |")
     if notes:
         lines.append("")
         lines.extend(f"- {n}" for n in notes)

@@ -93,7 +93,8 @@ double time_attention(Backend& gpu, KvCache& cache, const AttentionBatch& batch)
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
   gpu.begin_step(batch, AttentionHeads{static_cast<int32_t>(kHeads), static_cast<int32_t>(kKvHeads),
-                                       static_cast<int32_t>(kHeadDim)});
+                                       static_cast<int32_t>(kHeadDim),
+                                       static_cast<int32_t>(cache.heads_in_pool(HeadKind::Retrieval, 0))});
   gpu.attention(cache, 0, q, batch, scale, out);  // warm-up: module load, plan upload
   gpu.synchronize();
   // Timed on the GPU with events around `reps` back-to-back launches (as a decode step's layers

@@ -101,6 +101,13 @@ if [ -n "$lserve" ]; then
   if ! timeout 300 "$lserve" "${common[@]}" "${args[@]}" --warmup 1 --warmup-tokens 4096 2>&1 | tee "$out/lserve_b1.log"; then
     echo "e2e.sh: lserve batch 1 failed"; status=1
   fi
+  # Half the KV heads streaming (no head pattern for dummy weights: a uniform 50% pattern),
+  # LServe's windows; retrieval heads dense until the page selector runs on the GPU.
+  echo "== lserve batch 1, streaming heads ($(elapsed))"
+  if ! timeout 300 "$lserve" "${common[@]}" "${args[@]}" --attention streaming --warmup 1 --warmup-tokens 4096 2>&1 |
+       tee "$out/lserve_b1_streaming.log"; then
+    echo "e2e.sh: lserve batch 1 streaming failed"; status=1
+  fi
 fi
 for b in "${batches[@]}"; do
   [ "$b" -eq 1 ] || [ -z "$lserve" ] && continue

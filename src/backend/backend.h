@@ -48,6 +48,9 @@ class HostMemory final : public DeviceMemory {
 // all layers from it (begin_step).
 struct AttentionHeads {
   int32_t num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  // KV heads of a layer that attend over the whole context (the most over layers; 0: all):
+  // streaming heads read a short window, so a backend sizes its context splits by these.
+  int32_t full_context_kv_heads = 0;
 };
 
 // What a recorded step (run_step) is recorded for: the step's shape, and the identity of every

@@ -145,10 +145,11 @@ Measurement run_batch(Engine& engine, int64_t n, int64_t batch, int64_t decode_s
   return m;
 }
 
-// Rows for the driver scripts: system,case,context,batch,value,unit (the header once per file).
+// Rows for the driver scripts: system,case,context,batch,value,unit (the header once per file);
+// the system is "lserve", or "lserve-POLICY" for a sparse attention policy.
 class CsvOut {
  public:
-  explicit CsvOut(const std::string& path) {
+  CsvOut(const std::string& path, std::string system) : system_(std::move(system)) {
     if (path.empty()) return;
     std::error_code ec;
     const bool fresh = !std::filesystem::exists(path, ec) || std::filesystem::file_size(path, ec) == 0;
@@ -163,12 +164,13 @@ class CsvOut {
   CsvOut& operator=(const CsvOut&) = delete;
   void row(const char* what, int64_t context, int64_t batch, double value, const char* unit) {
     if (!f_) return;
-    std::fprintf(f_, "lserve,%s,%lld,%lld,%.6g,%s\n", what, static_cast<long long>(context),
+    std::fprintf(f_, "%s,%s,%lld,%lld,%.6g,%s\n", system_.c_str(), what, static_cast<long long>(context),
                  static_cast<long long>(batch), value, unit);
     std::fflush(f_);
   }
 
  private:
+  std::string system_;
   std::FILE* f_ = nullptr;
 };
 
@@ -271,7 +273,7 @@ void run_batched(const BenchOptions& o, LoadedModel& m, CsvOut& csv) {
 
 void run_bench(const BenchOptions& o) {
   LoadedModel m = load_model(o.model);
-  CsvOut csv(o.csv);
+  CsvOut csv(o.csv, o.model.policy == "dense" ? std::string("lserve") : "lserve-" + o.model.policy);
   if (o.batch == 1) run_single(o, m, csv);
   else run_batched(o, m, csv);
 }

@@ -1,5 +1,6 @@
 #include "model/llama_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -108,9 +109,13 @@ void LlamaModel::run(std::span<const int32_t> token_ids, const AttentionBatch& b
 
   // Everything the step reads goes to the device first, so that the ops below are launches only
   // and a backend may record them once and replay them (decode steps, as CUDA graphs).
+  int64_t full_context_heads = 0;
+  for (int64_t l = 0; l < config_.num_layers; ++l)
+    full_context_heads = std::max(full_context_heads, cache.heads_in_pool(HeadKind::Retrieval, l));
   backend_.begin_step(batch, AttentionHeads{static_cast<int32_t>(config_.num_heads),
                                             static_cast<int32_t>(config_.num_kv_heads),
-                                            static_cast<int32_t>(config_.head_dim)});
+                                            static_cast<int32_t>(config_.head_dim),
+                                            static_cast<int32_t>(std::max<int64_t>(full_context_heads, 1))});
   Tensor ids = s.ids.rows(0, T), positions = s.positions.rows(0, T);
   backend_.upload(ids, token_ids.data());
   backend_.upload(positions, batch.positions.data());

@@ -215,7 +215,8 @@ class CudaBackend final : public Backend {
     plan_group_ = -1;  // the attention plan is rebuilt for this batch
     if (heads.num_heads > 0 && heads.num_kv_heads > 0 && heads.num_heads % heads.num_kv_heads == 0 &&
         cuda::fast_attention_supports(heads.head_dim))
-      ensure_plan(batch, heads.num_heads / heads.num_kv_heads, heads.num_heads, heads.num_kv_heads, heads.head_dim);
+      ensure_plan(batch, heads.num_heads / heads.num_kv_heads, heads.num_heads,
+                  heads.full_context_kv_heads > 0 ? heads.full_context_kv_heads : heads.num_kv_heads, heads.head_dim);
   }
 
   void run_step(const StepKey& key, bool recordable, const std::function<void()>& ops) override {
@@ -432,7 +433,10 @@ class CudaBackend final : public Backend {
     const auto group = static_cast<int32_t>(H / Hk);
     if (plan_group_ != group) {
       LSERVE_CHECK(!capturing_, "a recorded step needs its attention planned in begin_step");
-      ensure_plan(batch, group, static_cast<int32_t>(H), static_cast<int32_t>(Hk), static_cast<int32_t>(D));
+      int64_t full_context = 1;
+      for (int64_t l = 0; l < cache.num_layers(); ++l)
+        full_context = std::max(full_context, cache.heads_in_pool(HeadKind::Retrieval, l));
+      ensure_plan(batch, group, static_cast<int32_t>(H), static_cast<int32_t>(full_context), static_cast<int32_t>(D));
     }
     // A recording launches the grids a batch of this shape can need at any length (the counts
     // on the device say how much of it this step uses); a direct launch, just the step's.
@@ -491,9 +495,11 @@ class CudaBackend final : public Backend {
   // Device layout: the decode and merge counts, then the prefill items, then room for the most
   // decode and merge items a batch of these sequences can need (so the layout, and a recording
   // made over it, stays the same while the sequences grow).
-  void ensure_plan(const AttentionBatch& batch, int32_t group, int32_t num_heads, int32_t num_kv_heads,
+  // full_context_kv_heads: the KV heads per layer that read the whole context (the rest stream):
+  // one sequence's splits of those fill the GPU once.
+  void ensure_plan(const AttentionBatch& batch, int32_t group, int32_t num_heads, int32_t full_context_kv_heads,
                    int32_t head_dim) {
-    const int32_t max_splits = max_splits_for(head_dim, num_kv_heads);
+    const int32_t max_splits = max_splits_for(head_dim, full_context_kv_heads);
     const cuda::AttentionPlan plan = cuda::make_attention_plan(batch, group, max_splits);
     plan_counts_.prefill = static_cast<int32_t>(plan.prefill.size());
     plan_counts_.decode = static_cast<int32_t>(plan.decode.size());
