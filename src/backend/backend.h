@@ -51,6 +51,9 @@ struct AttentionHeads {
   // KV heads of a layer that attend over the whole context (the most over layers; 0: all):
   // streaming heads read a short window, so a backend sizes its context splits by these.
   int32_t full_context_kv_heads = 0;
+  // The cache the step runs on: a backend that selects pages on its device plans the step's
+  // selections from it (its head pattern and the sequences' selection state).
+  const KvCache* cache = nullptr;
 };
 
 // What a recorded step (run_step) is recorded for: the step's shape, and the identity of every
@@ -100,6 +103,10 @@ class Backend {
     (void)batch;
     (void)heads;
   }
+
+  // After a step's last op and its results' download: a backend that kept step state on its
+  // device (page selections made there) writes it back to the batch's sequences.
+  virtual void end_step(const AttentionBatch& batch) { (void)batch; }
 
   // Runs `ops`, the launches of one step between begin_step and its last op. A backend that can
   // record launches (CUDA graphs) records them the first time it sees `key` when `recordable`,

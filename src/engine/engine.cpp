@@ -244,18 +244,26 @@ bool Engine::step() {
   }
   const AttentionBatch batch = plan_step(cache_, plan, &sparsity_);
   const int64_t V = model_.config().vocab_size;
-  // Tokens are drawn on the device when it can (only they come back, not the logits), unless a
-  // request needs what only the host sampler has: penalties over its history, or logprobs.
-  bool on_device = model_.backend().samples_on_device();
-  for (const Sequence* seq : samplers)
-    on_device = on_device && !seq->params.logprobs && device_can_sample(seq->params.sampling);
+  // Tokens are drawn on the device when the backend can, for every request that needs nothing
+  // only the host sampler has (penalties over its history, logprobs); those get the logits.
+  // Which sampler a request uses depends on the request alone, never on its batch-mates.
+  const bool on_device = model_.backend().samples_on_device();
+  auto drawn_on_device = [&](const Sequence& seq) {
+    return on_device && !seq.params.logprobs && device_can_sample(seq.params.sampling);
+  };
+  bool host_rows = false;
+  for (const Sequence* seq : samplers) host_rows = host_rows || !drawn_on_device(*seq);
   try {
     if (on_device) {
       std::vector<DeviceSampling> rows;
       for (const Sequence* seq : samplers)
-        rows.push_back(device_sampling(seq->params.sampling, static_cast<uint64_t>(seq->num_generated())));
+        rows.push_back(drawn_on_device(*seq)
+                           ? device_sampling(seq->params.sampling, static_cast<uint64_t>(seq->num_generated()))
+                           : DeviceSampling{});  // drawn on the host from the logits instead
       sampled_.resize(samplers.size());
-      model_.forward_sampled(tokens, batch, cache_, logit_rows, rows, sampled_.data());
+      if (host_rows) logits_.resize(logit_rows.size() * static_cast<size_t>(V));
+      model_.forward_sampled(tokens, batch, cache_, logit_rows, rows, sampled_.data(),
+                             host_rows ? logits_.data() : nullptr);
     } else {
       logits_.resize(logit_rows.size() * static_cast<size_t>(V));
       model_.forward(tokens, batch, cache_, logit_rows, logits_.data());
@@ -285,7 +293,7 @@ bool Engine::step() {
     trim_after_step(cache_, seq.kv, seq.num_computed, !seq.prefilling(), sparsity_);
   }
   for (size_t i = 0; i < samplers.size(); ++i) {
-    if (on_device)
+    if (drawn_on_device(*samplers[i]))
       accept(*samplers[i], sampled_[i], std::nullopt);
     else
       sample(*samplers[i], logits_.data() + i * static_cast<size_t>(V));

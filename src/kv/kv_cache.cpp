@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "model/model_config.h"
 
@@ -25,8 +26,13 @@ std::vector<std::vector<HeadSlot>> make_slots(const HeadPattern& p) {
 KvCache::KvCache(const ModelConfig& config, const KvCacheOptions& options, Backend& backend)
     : KvCache(config, HeadPattern::all_retrieval(config.num_layers, config.num_kv_heads), options, backend) {}
 
+namespace {
+std::atomic<uint64_t> next_cache_id{1};
+}  // namespace
+
 KvCache::KvCache(const ModelConfig& config, const HeadPattern& pattern, const KvCacheOptions& o, Backend& backend)
-    : page_size_(o.page_size),
+    : id_(next_cache_id.fetch_add(1, std::memory_order_relaxed)),
+      page_size_(o.page_size),
       logical_page_size_(o.logical_page_size),
       num_layers_(config.num_layers),
       num_kv_heads_(config.num_kv_heads),

@@ -139,6 +139,9 @@ class KvCache {
   // Bytes of KV (and summaries) the sequence holds now, in both pools.
   size_t sequence_bytes(const SequenceKv& seq) const;
   std::string summary() const;
+  // Unique to this cache in the process, never reused (a new cache may get a freed one's
+  // addresses): what a recorded step (Backend::run_step) keys the cache by.
+  uint64_t id() const { return id_; }
 
  private:
   struct Pool {
@@ -155,6 +158,7 @@ class KvCache {
   size_t layer_bytes_per_page(const Pool& p, int64_t layer) const;
   void init_pool(Pool& p, int64_t num_pages, Backend& backend);
 
+  uint64_t id_;
   int32_t page_size_, logical_page_size_;
   int64_t num_layers_, num_kv_heads_, head_dim_;
   DType dtype_;

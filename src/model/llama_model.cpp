@@ -1,6 +1,7 @@
 #include "model/llama_model.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -10,12 +11,21 @@ namespace lserve {
 // Activation buffers, grown to the largest step seen.
 struct LlamaModel::Scratch {
   int64_t capacity = 0, logit_capacity = 0;
+  uint64_t generation = 0;  // bumped whenever a buffer is reallocated (offsets follow capacity)
   std::shared_ptr<DeviceMemory> memory, logit_memory;
   Tensor ids, positions, hidden, normed, q, k, v, attn, gate, up, rows, logits, sampled;
 };
 
+namespace {
+std::atomic<uint64_t> next_model_id{1};
+}  // namespace
+
 LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights, Backend& backend, int64_t max_context)
-    : config_(std::move(config)), weights_(std::move(weights)), backend_(backend), max_context_(max_context) {
+    : config_(std::move(config)),
+      weights_(std::move(weights)),
+      backend_(backend),
+      max_context_(max_context),
+      id_(next_model_id.fetch_add(1, std::memory_order_relaxed)) {
   if (max_context_ <= 0 || max_context_ > config_.max_position_embeddings)
     fail("max context {} must be between 1 and the model's max_position_embeddings ({})", max_context_,
          config_.max_position_embeddings);
@@ -67,6 +77,7 @@ void LlamaModel::ensure_scratch(int64_t T, int64_t R) {
     s.up = take(dt, Shape{cap, F});
     s.rows = take(dt, Shape{cap, H});
     s.capacity = cap;
+    ++s.generation;
   }
   if (R > s.logit_capacity) {
     // Logits in f32 on every backend: bf16 would round away the margins greedy decoding compares.
@@ -75,6 +86,7 @@ void LlamaModel::ensure_scratch(int64_t T, int64_t R) {
     s.logits = s.logit_memory->view(DType::F32, Shape{R, config_.vocab_size}, dev);
     s.sampled = Tensor{static_cast<char*>(s.logit_memory->data()) + logit_bytes, DType::I32, Shape{R}, dev};
     s.logit_capacity = R;
+    ++s.generation;
   }
 }
 
@@ -85,11 +97,11 @@ void LlamaModel::forward(std::span<const int32_t> token_ids, const AttentionBatc
 
 void LlamaModel::forward_sampled(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
                                  std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling,
-                                 int32_t* tokens) {
+                                 int32_t* tokens, float* logits) {
   LSERVE_CHECK(backend_.samples_on_device(), "the {} backend cannot sample", backend_.name());
   LSERVE_CHECK(sampling.size() == logit_rows.size(), "{} sampling rows for {} logit rows", sampling.size(),
                logit_rows.size());
-  run(token_ids, batch, cache, logit_rows, sampling, nullptr, tokens);
+  run(token_ids, batch, cache, logit_rows, sampling, logits, tokens);
 }
 
 void LlamaModel::run(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
@@ -115,7 +127,7 @@ void LlamaModel::run(std::span<const int32_t> token_ids, const AttentionBatch& b
   backend_.begin_step(batch, AttentionHeads{static_cast<int32_t>(config_.num_heads),
                                             static_cast<int32_t>(config_.num_kv_heads),
                                             static_cast<int32_t>(config_.head_dim),
-                                            static_cast<int32_t>(std::max<int64_t>(full_context_heads, 1))});
+                                            static_cast<int32_t>(std::max<int64_t>(full_context_heads, 1)), &cache});
   Tensor ids = s.ids.rows(0, T), positions = s.positions.rows(0, T);
   backend_.upload(ids, token_ids.data());
   backend_.upload(positions, batch.positions.data());
@@ -126,7 +138,7 @@ void LlamaModel::run(std::span<const int32_t> token_ids, const AttentionBatch& b
   for (int64_t i = 0; i < R; ++i) identity_rows = identity_rows && logit_rows[static_cast<size_t>(i)] == i;
   const bool decode_only = T == batch.num_seqs();
   const StepKey key{static_cast<int32_t>(T), batch.num_seqs(), static_cast<int32_t>(R), sampled,
-                    buffers_identity(cache)};
+                    buffers_identity(cache, batch)};
 
   backend_.run_step(key, decode_only && identity_rows, [&] {
     Tensor hidden = s.hidden.rows(0, T), normed = s.normed.rows(0, T);
@@ -154,29 +166,36 @@ void LlamaModel::run(std::span<const int32_t> token_ids, const AttentionBatch& b
     if (sampled) backend_.sample(s.logits.rows(0, R), s.sampled.rows(0, R));
   });
 
-  if (R == 0) return;
-  if (sampled) {
-    backend_.download(s.sampled.rows(0, R), tokens);
-    return;
+  if (R > 0 && sampled) backend_.download(s.sampled.rows(0, R), tokens);
+  if (R > 0 && logits) {
+    Tensor out = s.logits.rows(0, R);
+    if (out.dtype == DType::F32) {
+      backend_.download(out, logits);
+    } else {
+      std::vector<uint16_t> tmp(static_cast<size_t>(out.numel()));
+      backend_.download(out, tmp.data());
+      convert_to_f32(tmp.data(), out.dtype, logits, tmp.size());
+    }
   }
-  Tensor out = s.logits.rows(0, R);
-  if (out.dtype == DType::F32) {
-    backend_.download(out, logits);
-  } else {
-    std::vector<uint16_t> tmp(static_cast<size_t>(out.numel()));
-    backend_.download(out, tmp.data());
-    convert_to_f32(tmp.data(), out.dtype, logits, tmp.size());
-  }
+  backend_.end_step(batch);
 }
 
-uint64_t LlamaModel::buffers_identity(const KvCache& cache) const {
+uint64_t LlamaModel::buffers_identity(const KvCache& cache, const AttentionBatch& batch) const {
+  // Ids and generations rather than addresses alone: a freed buffer's address comes back.
   uint64_t h = 1469598103934665603ull;
-  auto mix = [&](const void* p) { h = (h ^ reinterpret_cast<uintptr_t>(p)) * 1099511628211ull; };
-  mix(this);
-  mix(scratch_->memory ? scratch_->memory->data() : nullptr);
-  mix(scratch_->logit_memory ? scratch_->logit_memory->data() : nullptr);
-  mix(&cache);
-  mix(cache.k_pages(0).data);
+  auto mix = [&](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+  mix(id_);
+  mix(scratch_->generation);
+  mix(reinterpret_cast<uintptr_t>(scratch_->memory ? scratch_->memory->data() : nullptr));
+  mix(reinterpret_cast<uintptr_t>(scratch_->logit_memory ? scratch_->logit_memory->data() : nullptr));
+  mix(cache.id());
+  if (const SparsityConfig* s = batch.sparsity) {  // windows and policy are kernel arguments
+    mix(static_cast<uint64_t>(s->policy));
+    mix(static_cast<uint64_t>(s->prefill_window.sink));
+    mix(static_cast<uint64_t>(s->prefill_window.local));
+    mix(static_cast<uint64_t>(s->decode_window.sink));
+    mix(static_cast<uint64_t>(s->decode_window.local));
+  }
   return h;
 }
 

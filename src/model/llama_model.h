@@ -40,11 +40,11 @@ class LlamaModel {
   void forward(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
                std::span<const int32_t> logit_rows, float* logits);
   // The same step, but logit row i's next token is drawn on the device under sampling[i]
-  // (Backend::sample) and only the tokens come back: tokens[i] for logit_rows[i]. Needs a
-  // backend that samples_on_device().
+  // (Backend::sample) and only the tokens come back: tokens[i] for logit_rows[i]; the logits too
+  // when `logits` is given (rows the host samples). Needs a backend that samples_on_device().
   void forward_sampled(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
                        std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling,
-                       int32_t* tokens);
+                       int32_t* tokens, float* logits = nullptr);
 
  private:
   struct Scratch;
@@ -53,7 +53,7 @@ class LlamaModel {
            int32_t* tokens);
   void ensure_scratch(int64_t num_tokens, int64_t num_logit_rows);
   // Identifies the buffers a step's ops touch (scratch, the KV pools): part of a recorded step's key.
-  uint64_t buffers_identity(const KvCache& cache) const;
+  uint64_t buffers_identity(const KvCache& cache, const AttentionBatch& batch) const;
   void attention_block(int64_t layer, int64_t T, const AttentionBatch& batch, KvCache& cache);
   void mlp_block(int64_t layer, int64_t T);
 
@@ -61,6 +61,7 @@ class LlamaModel {
   ModelWeights weights_;
   Backend& backend_;
   int64_t max_context_;
+  uint64_t id_;  // unique in the process (a recorded step's key)
   Tensor rope_table_;  // [max_context, head_dim]: cos | sin, with the attention scale folded in
   std::shared_ptr<DeviceMemory> rope_memory_;
   std::unique_ptr<Scratch> scratch_;

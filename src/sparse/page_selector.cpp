@@ -69,4 +69,13 @@ std::vector<int32_t> pick_pages(const std::vector<double>& mass, const BudgetRul
   return keep;
 }
 
+BudgetRule budget_rule(const SparsityConfig& s) {
+  if (s.policy == AttentionPolicy::Psa) return {s.psa_max_budget / s.page_size, s.psa_min_budget / s.page_size, s.psa_mass};
+  return {s.token_budget / s.page_size, 0, 0.0};
+}
+
+bool context_needs_selection(const SparsityConfig& s, int64_t seq_len) {
+  return s.policy == AttentionPolicy::Psa ? seq_len > 2 * s.page_size : seq_len > s.token_budget;
+}
+
 }  // namespace lserve

@@ -19,6 +19,8 @@
 #include <span>
 #include <vector>
 
+#include "sparse/sparsity_config.h"
+
 namespace lserve {
 
 struct SelectorInputs {
@@ -51,5 +53,11 @@ struct BudgetRule {
 // Picks pages (ascending indices) from the mass estimates under the rule; the first and the
 // last page are always kept. Ties go to the lower index.
 std::vector<int32_t> pick_pages(const std::vector<double>& mass, const BudgetRule& rule);
+
+// A policy's rule in pages: PSA's mass threshold within its bounds, else the fixed token budget.
+BudgetRule budget_rule(const SparsityConfig& s);
+// Whether a decoding sequence of seq_len tokens selects pages at all: fixed budgets leave a
+// context within the budget dense; PSA ranks anything longer than two pages.
+bool context_needs_selection(const SparsityConfig& s, int64_t seq_len);
 
 }  // namespace lserve

@@ -5,6 +5,8 @@
 //     own planning and trimming (released streaming pages hold NaN on the GPU); every layer's
 //     attention output must match within bf16 tolerance, over GQA ratios, head dims (each GPU
 //     kernel: wgmma, mma.sync, the reference), page sizes and windows that are not page multiples.
+//     Retrieval heads' key summaries (per logical page min and max, for the page selector) must
+//     equal the CPU's exactly after every step.
 //   - Model level: the trained model under --attention streaming with its profiled pattern and
 //     small windows: teacher-forced logits within the bf16 bound of the CPU's, and the same
 //     greedy text but for near-ties, with CUDA graphs on.
@@ -45,7 +47,7 @@ SparsityConfig streaming_policy(int32_t page, StreamingWindow prefill, Streaming
 class StreamingRig {
  public:
   StreamingRig(const Shape4& s, const SparsityConfig& sparsity, uint32_t seed)
-      : shape_(s), sparsity_(sparsity), rng_(seed), cpu_(make_cpu_backend(0)), gpu_(make_cuda_backend(0)) {
+      : shape_(s), sparsity_(sparsity), rng_(seed), cpu_(make_cpu_backend(0)), gpu_(make_cuda_backend(gpu_options())) {
     config_.num_layers = 2;
     config_.num_heads = s.heads;
     config_.num_kv_heads = s.kv_heads;
@@ -60,6 +62,8 @@ class StreamingRig {
     pattern_ = HeadPattern::from_scores(scores, HeadRule{std::nullopt, 0.5}, "test");
     KvCacheOptions o;
     o.page_size = s.page;
+    // Retrieval heads keep key summaries (for the page selector) whatever the policy.
+    o.logical_page_size = sparsity.selects_pages() ? sparsity.logical_page_size : std::max(1, s.page / 4);
     o.retrieval_pages = 256;
     o.streaming_pages = 256;
     o.max_sequences = 8;
@@ -100,7 +104,8 @@ class StreamingRig {
     const AttentionBatch cb = plan_step(*cpu_cache_, cc, &sparsity_), gb = plan_step(*gpu_cache_, gc, &sparsity_);
     const int64_t T = cb.num_tokens(), H = shape_.heads, Hk = shape_.kv_heads, D = shape_.head_dim;
     cpu_->begin_step(cb, AttentionHeads{});
-    gpu_->begin_step(gb, AttentionHeads{static_cast<int32_t>(H), static_cast<int32_t>(Hk), static_cast<int32_t>(D)});
+    gpu_->begin_step(gb, AttentionHeads{static_cast<int32_t>(H), static_cast<int32_t>(Hk), static_cast<int32_t>(D), 0,
+                                        gpu_cache_.get()});
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     for (int64_t layer = 0; layer < 2; ++layer) {
       const auto k = test::random_bf16(static_cast<size_t>(T * Hk * D), rng_);
@@ -117,7 +122,10 @@ class StreamingRig {
       gpu_->attention(*gpu_cache_, layer, gq.t, gb, scale, go.t);
       SCOPED_TRACE(::testing::Message() << "step " << steps_ << " layer " << layer);
       EXPECT_BF16_CLOSE(test::fetch(*gpu_, go.t), test::fetch(*cpu_, co.t));
+      expect_same_summaries(layer);
     }
+    gpu_->end_step(gb);
+    if (sparsity_.selects_pages()) expect_same_selections();
     for (size_t b = 0; b < new_tokens.size(); ++b) {
       if (new_tokens[b] == 0) continue;
       trim_after_step(*cpu_cache_, cpu_seqs_[b], cpu_seqs_[b].num_tokens(), prefill_done[b], sparsity_);
@@ -128,6 +136,63 @@ class StreamingRig {
   }
 
  private:
+  static CudaBackendOptions gpu_options() {
+    CudaBackendOptions o;
+    o.gpu_selection = true;  // what these tests check before it is on for everyone
+    return o;
+  }
+
+  // The page selections the GPU made (read back at the end of the step) are the CPU's.
+  void expect_same_selections() {
+    for (size_t b = 0; b < cpu_seqs_.size(); ++b) {
+      const auto& want = cpu_seqs_[b].selections;
+      const auto& got = gpu_seqs_[b].selections;
+      for (size_t u = 0; u < want.size(); ++u) {
+        if (want[u].decode_step < 0) continue;  // never selected (a streaming head, or dense so far)
+        ASSERT_LT(u, got.size()) << "sequence " << b;
+        EXPECT_EQ(got[u].pages, want[u].pages) << "sequence " << b << " unit " << u << " step " << steps_;
+        EXPECT_EQ(got[u].decode_step, want[u].decode_step) << "sequence " << b << " unit " << u;
+        EXPECT_EQ(got[u].num_pages_then, want[u].num_pages_then) << "sequence " << b << " unit " << u;
+        ++selections_compared_;
+      }
+    }
+  }
+
+ public:
+  int64_t selections_compared() const { return selections_compared_; }
+
+ private:
+  int64_t selections_compared_ = 0;
+
+  // The retrieval heads' key min/max of every logical page holding keys: exactly the CPU's (the
+  // keys are bf16 values, so are their min and max).
+  void expect_same_summaries(int64_t layer) {
+    if (cpu_cache_->heads_in_pool(HeadKind::Retrieval, layer) == 0) return;
+    const int64_t P = shape_.page, LP = cpu_cache_->logical_page_size(), D = shape_.head_dim;
+    const int64_t R = cpu_cache_->heads_in_pool(HeadKind::Retrieval, layer);
+    const auto want_min = test::fetch(*cpu_, cpu_cache_->key_min(layer));
+    const auto want_max = test::fetch(*cpu_, cpu_cache_->key_max(layer));
+    const auto got_min = test::fetch(*gpu_, gpu_cache_->key_min(layer));
+    const auto got_max = test::fetch(*gpu_, gpu_cache_->key_max(layer));
+    int64_t compared = 0;
+    for (size_t b = 0; b < cpu_seqs_.size(); ++b) {
+      const PageTable& ct = cpu_seqs_[b].retrieval;
+      ASSERT_EQ(ct.pages, gpu_seqs_[b].retrieval.pages) << "the caches placed sequence " << b << " apart";
+      for (size_t i = 0; i < ct.pages.size(); ++i) {
+        const int64_t logical = std::min(P, ct.num_tokens - static_cast<int64_t>(i) * P);
+        for (int64_t lp = 0; lp * LP < logical; ++lp)
+          for (int64_t r = 0; r < R; ++r)
+            for (int64_t c = 0; c < D; ++c) {
+              const size_t at = static_cast<size_t>(((ct.pages[i] * R + r) * (P / LP) + lp) * D + c);
+              ASSERT_EQ(got_min[at], want_min[at]) << "key min, sequence " << b << " page " << i << " row " << lp;
+              ASSERT_EQ(got_max[at], want_max[at]) << "key max, sequence " << b << " page " << i << " row " << lp;
+              ++compared;
+            }
+      }
+    }
+    EXPECT_GT(compared, 0);
+  }
+
   Shape4 shape_;
   SparsityConfig sparsity_;
   std::mt19937 rng_;
@@ -181,6 +246,53 @@ TEST_F(CudaStreaming, PrefillChunksAndDecodeMatchTheCpu) {
       rig.step(n, decoding, last);
     }
     for (int i = 0; i < 2 * s.page + 5; ++i) rig.step({1, 1, 1}, {true, true, true}, {true, true, true});
+  }
+}
+
+// Page selection on the GPU (quest, psa, lserve): its selections and the sparse decode over
+// them against the CPU's, through prefill and many decode steps (selections made and reused).
+TEST_F(CudaStreaming, PageSelectionMatchesTheCpu) {
+  struct Case {
+    const char* name;
+    AttentionPolicy policy;
+    Shape4 shape;
+  };
+  const std::vector<Case> cases = {
+      {"lserve d128", AttentionPolicy::LServe, {32, 8, 128, 64}},
+      {"quest d64 small pages", AttentionPolicy::Quest, {8, 2, 64, 16}},
+      {"psa d64", AttentionPolicy::Psa, {16, 4, 64, 32}},
+      {"lserve d32 (mma.sync prefill)", AttentionPolicy::LServe, {16, 8, 32, 32}},
+  };
+  for (const Case& c : cases) {
+    const Shape4& s = c.shape;
+    SCOPED_TRACE(::testing::Message() << c.name << ", seed " << seed_);
+    SparsityConfig sp = streaming_policy(s.page, {s.page + 5, 3 * s.page + 7}, {s.page / 2 + 3, s.page + 9});
+    sp.policy = c.policy;
+    sp.logical_page_size = s.page / 4;
+    sp.token_budget = 3 * s.page;
+    sp.selector_interval = 3;
+    sp.psa_mass = 0.8;
+    sp.psa_min_budget = 2 * s.page;
+    sp.psa_max_budget = 5 * s.page;
+    if (c.policy != AttentionPolicy::LServe) sp.streaming_ratio = 0.5;
+    sp.validate();
+    StreamingRig rig(s, sp, seed_);
+    for (int b = 0; b < 2; ++b) rig.add_sequence();
+    const std::vector<int64_t> prompt = {11 * s.page + 5, 6 * s.page + 2};
+    std::vector<int64_t> done(2, 0);
+    while (done[0] < prompt[0] || done[1] < prompt[1]) {
+      std::vector<int64_t> n(2);
+      std::vector<bool> decoding(2), last(2);
+      for (size_t b = 0; b < 2; ++b) {
+        decoding[b] = done[b] == prompt[b];
+        n[b] = decoding[b] ? 1 : std::min<int64_t>(4 * s.page + 3, prompt[b] - done[b]);
+        if (!decoding[b]) done[b] += n[b];
+        last[b] = done[b] == prompt[b];
+      }
+      rig.step(n, decoding, last);
+    }
+    for (int i = 0; i < 12; ++i) rig.step({1, 1}, {true, true}, {true, true});
+    EXPECT_GT(rig.selections_compared(), 0) << "no selection was made";
   }
 }
 

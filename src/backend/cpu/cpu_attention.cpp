@@ -235,11 +235,6 @@ bool any_selection(const AttentionBatch& batch) {
   return false;
 }
 
-// Fixed budgets leave short contexts dense; PSA always ranks.
-bool context_needs_selection(const SparsityConfig& s, int64_t seq_len) {
-  return s.policy == AttentionPolicy::Psa ? seq_len > 2 * s.page_size : seq_len > s.token_budget;
-}
-
 void run_selection(const CpuAttentionArgs& a, const AttentionBatch& batch) {
   struct Job {
     int32_t seq, unit, kv_head, head0, num_heads;
@@ -285,12 +280,7 @@ void run_selection(const CpuAttentionArgs& a, const AttentionBatch& batch) {
                       a.logical_page_size,
                       a.scale};
     const auto mass = page_mass(score_pages(in), a.scale);
-    BudgetRule rule;
-    if (s.policy == AttentionPolicy::Psa) {
-      rule = {s.psa_max_budget / a.page_size, s.psa_min_budget / a.page_size, s.psa_mass};
-    } else {
-      rule = {s.token_budget / a.page_size, 0, 0.0};
-    }
+    const BudgetRule rule = budget_rule(s);  // s.page_size is the cache's (a.page_size)
     const int64_t units = selection_units(a, batch);
     PageSelection& sel = seq.selections[static_cast<size_t>(a.layer * units + j.unit)];
     sel.pages = pick_pages(mass, rule);

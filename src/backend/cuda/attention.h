@@ -53,6 +53,14 @@ struct AttentionParams {
   const int32_t* decoding = nullptr;             // [num_seqs]: 1 where the sequence decodes
   StreamingWindows windows;
   HeadMap heads;
+  // ---- page selection: retrieval heads of decoding sequences that select (select_slot null:
+  // none). A selecting sequence's retrieval head h reads the pages (indices within the
+  // sequence, ascending) of its list select_pages[(slot * num_kv_heads + h) * select_capacity ..]
+  // of select_counts[slot * num_kv_heads + h] entries, this layer's.
+  const int32_t* select_slot = nullptr;    // [num_seqs]: the sequence's slot, or -1
+  const int32_t* select_pages = nullptr;
+  const int32_t* select_counts = nullptr;
+  int32_t select_capacity = 0;
 };
 
 // One KV head's keys and values for one sequence: the pool of its kind, the sequence's page
@@ -86,10 +94,14 @@ inline constexpr int kPrefillRows = 64;
 static_assert(kPrefillItemRows % kPrefillRows == 0, "an item is whole blocks of the portable kernel");
 
 // Keys [key_begin, key_end) of a single-query sequence. partial < 0: the item covers the whole
-// context and writes the output; otherwise it writes partial state `partial`, merged later.
+// context and writes the output; otherwise it writes partial state `partial`, merged later. For
+// a sequence that selects pages (`selected`), [key_begin, key_end) are entries of each retrieval
+// head's page list instead (clipped to its length on the device), and its streaming heads read
+// their window in the item whose key_begin is 0.
 struct DecodeItem {
-  int32_t seq, key_begin, key_end, partial;
+  int32_t seq, key_begin, key_end, partial, selected;
 };
+inline constexpr int kDecodeListKeys = 256;  // keys (whole pages) per split of a page list
 // Partial states first_partial .. first_partial + num_splits - 1 hold sequence `seq`'s splits.
 struct MergeItem {
   int32_t seq, first_partial, num_splits;

@@ -150,11 +150,22 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams 
   if (static_cast<int32_t>(blockIdx.x) >= *num_items) return;  // past this step's items (a recorded grid)
   const DecodeItem item = items[blockIdx.x];
   const HeadKv hv = head_kv(p, blockIdx.y, item.seq);
+  const int32_t len = p.seq_lens[item.seq];
   if (p.heads.slot[blockIdx.y] < 0) {  // a streaming head reads the split's keys in its window only
     const bool decoding = p.decoding && p.decoding[item.seq];
+    // A selecting sequence's items are page-list entries: the streaming head's whole window
+    // goes with the first item, none with the others.
+    const int32_t first = item.selected ? 0 : item.key_begin;
+    const int32_t last = item.selected ? (item.key_begin == 0 ? len : 0) : item.key_end;
     const auto tiles = tile::WindowedRangeTiles<kKeys>::make(
-        item.key_begin, item.key_end, decoding ? p.windows.decode_sink : p.windows.prefill_sink,
-        decoding ? p.windows.decode_local : p.windows.prefill_local, p.seq_lens[item.seq] - 1);
+        first, last, decoding ? p.windows.decode_sink : p.windows.prefill_sink,
+        decoding ? p.windows.decode_local : p.windows.prefill_local, len - 1);
+    decode_split<D>(p, item, tiles, hv, partial_o, partial_lse, smem);
+  } else if (item.selected) {  // a retrieval head's split of its page list
+    const int32_t unit = p.select_slot[item.seq] * p.num_kv_heads + static_cast<int32_t>(blockIdx.y);
+    const int32_t count = p.select_counts[unit];
+    const tile::PageListTiles<kKeys> tiles{p.select_pages + static_cast<int64_t>(unit) * p.select_capacity,
+                                           min(item.key_begin, count), min(item.key_end, count), p.page_size, len};
     decode_split<D>(p, item, tiles, hv, partial_o, partial_lse, smem);
   } else {
     decode_split<D>(p, item, tile::KeyRangeTiles<kKeys>{item.key_begin, item.key_end}, hv, partial_o, partial_lse,

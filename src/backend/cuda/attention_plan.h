@@ -25,13 +25,16 @@ struct AttentionPlan {
   std::vector<MergeItem> merge;
   int32_t num_partials = 0;
   int32_t decode_seqs = 0;  // sequences the decode kernel takes
-  // The most decode items, merges and partial states a batch of these sequences can need at any
-  // length: a recorded step is laid out (and launched) for these.
-  int32_t decode_capacity(int32_t max_splits) const { return decode_seqs * max_splits; }
+  // The most decode items (and partial states) and merges a batch of these sequences can need
+  // at any length: a recorded step is laid out (and launched) for these.
+  int32_t decode_capacity = 0;
   int32_t merge_capacity() const { return decode_seqs; }
 };
 
-// max_splits: decode_max_splits() of the model's attention on this device.
-AttentionPlan make_attention_plan(const AttentionBatch& batch, int32_t group, int32_t max_splits);
+// max_splits: decode_max_splits() of the model's attention on this device. list_splits: per
+// sequence, 0, or the splits of kDecodeListKeys keys its page lists are read in (a sequence
+// whose retrieval heads read selected pages this step).
+AttentionPlan make_attention_plan(const AttentionBatch& batch, int32_t group, int32_t max_splits,
+                                  const std::vector<int32_t>& list_splits = {}, int32_t list_entries_per_split = 1);
 
 }  // namespace lserve::cuda

@@ -150,6 +150,23 @@ struct WindowedRangeTiles {
   }
 };
 
+// Entries [first, last) of a page list (page indices within the sequence, ascending): each page
+// in tiles of kKeys keys (one tile when the page is no larger), keys past the sequence's end cut.
+template <int kKeys>
+struct PageListTiles {
+  const int32_t* list;
+  int32_t first, last, page_size, seq_len;
+  __device__ int32_t per_page() const { return (page_size + kKeys - 1) / kKeys; }
+  __device__ int32_t count() const { return max(0, last - first) * per_page(); }
+  __device__ int32_t begin(int32_t i) const {
+    return list[first + i / per_page()] * page_size + (i % per_page()) * kKeys;
+  }
+  __device__ int32_t end(int32_t i) const {
+    const int32_t page_end = (list[first + i / per_page()] + 1) * page_size;
+    return min(seq_len, min(page_end, begin(i) + kKeys));
+  }
+};
+
 // Loads keys [key_begin, key_end) of one KV head into K and V tiles of kKeys rows (rows past the
 // end are zero-filled, so masked keys never bring NaN from unwritten slots into P.V). Each key's
 // page comes from the head's page table; one 16-byte cp.async per thread and step, threads of a

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <map>
 #include <vector>
@@ -17,8 +18,10 @@
 #include "backend/cuda/cuda_memory.h"
 #include "backend/cuda/cuda_staging.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/page_select.h"
 #include "backend/cuda/sampling.h"
 #include "kv/kv_cache.h"
+#include "sparse/page_selector.h"
 #include "sparse/sparsity_config.h"
 
 namespace lserve {
@@ -45,9 +48,12 @@ struct DeviceBatch {
 
 // Windows as the kernels take them (int32; a window past any context is clamped, not wrapped).
 cuda::StreamingWindows windows_of(const SparsityConfig* s) {
-  cuda::StreamingWindows w;
-  if (!s) return w;
   auto clamp = [](int64_t v) { return static_cast<int32_t>(std::min<int64_t>(v, int64_t{1} << 30)); };
+  cuda::StreamingWindows w;
+  if (!s) {  // no policy: a streaming head attends causally, as on the CPU
+    w.prefill_local = w.decode_local = clamp(int64_t{1} << 30);
+    return w;
+  }
   w.prefill_sink = clamp(s->prefill_window.sink);
   w.prefill_local = clamp(s->prefill_window.local);
   w.decode_sink = clamp(s->decode_window.sink);
@@ -213,6 +219,9 @@ class CudaBackend final : public Backend {
     dbatch_.num_tokens = static_cast<int32_t>(T);
     step_batch_ = &batch;
     plan_group_ = -1;  // the attention plan is rebuilt for this batch
+    sel_ = StepSelection{};
+    if (heads.cache && batch.selects_pages() && heads.num_heads > 0)
+      plan_selection(batch, *heads.cache, heads.num_heads);
     if (heads.num_heads > 0 && heads.num_kv_heads > 0 && heads.num_heads % heads.num_kv_heads == 0 &&
         cuda::fast_attention_supports(heads.head_dim))
       ensure_plan(batch, heads.num_heads / heads.num_kv_heads, heads.num_heads,
@@ -266,7 +275,12 @@ class CudaBackend final : public Backend {
 
   void set_sampling(std::span<const DeviceSampling> rows) override {
     LSERVE_CHECK(!capturing_, "set_sampling inside a recorded step");
-    static_assert(sizeof(DeviceSampling) == sizeof(cuda::SamplingRow), "one layout on both sides");
+    static_assert(sizeof(DeviceSampling) == sizeof(cuda::SamplingRow) &&
+                      offsetof(DeviceSampling, top_k) == offsetof(cuda::SamplingRow, top_k) &&
+                      offsetof(DeviceSampling, min_p) == offsetof(cuda::SamplingRow, min_p) &&
+                      offsetof(DeviceSampling, seed) == offsetof(cuda::SamplingRow, seed) &&
+                      offsetof(DeviceSampling, counter) == offsetof(cuda::SamplingRow, counter),
+                  "one layout on both sides");
     sampling_rows_ = static_cast<int32_t>(rows.size());
     if (rows.empty()) return;
     void* d = sampling_device_.ensure(rows.size_bytes(), stream_);
@@ -386,8 +400,13 @@ class CudaBackend final : public Backend {
                               streaming ? bf16_of(cache.k_pages(layer, HeadKind::Streaming)) : nullptr,
                               streaming ? bf16_of(cache.v_pages(layer, HeadKind::Streaming)) : nullptr,
                               dbatch_.stream_slot_mapping};
-    cuda::kv_append(bf16_of(k), bf16_of(v), pools, head_map(cache, layer), k.dim(0), cache.num_kv_heads(),
-                    cache.page_size(), cache.head_dim(), stream_);
+    const cuda::HeadMap heads = head_map(cache, layer);
+    cuda::kv_append(bf16_of(k), bf16_of(v), pools, heads, k.dim(0), cache.num_kv_heads(), cache.page_size(),
+                    cache.head_dim(), stream_);
+    if (cache.logical_page_size() > 0 && heads.retrieval_heads > 0)
+      cuda::kv_summaries(pools.k_pages, dbatch_.slot_mapping, dbatch_.positions, dbatch_.query_start, dbatch_.num_seqs,
+                         k.dim(0), heads, cache.num_kv_heads(), cache.page_size(), cache.logical_page_size(),
+                         cache.head_dim(), bf16_of(cache.key_min(layer)), bf16_of(cache.key_max(layer)), stream_);
   }
 
   void attention(const KvCache& cache, int64_t layer, const Tensor& q, const AttentionBatch& batch, float scale,
@@ -395,11 +414,17 @@ class CudaBackend final : public Backend {
     expect_bf16(q, "attention q");
     expect_bf16(out, "attention output");
     expect_kv_cache(cache);
-    expect_dense(batch);
     ensure_step(batch);
     const int64_t D = cache.head_dim(), Hk = cache.num_kv_heads(), H = q.dim(1) / D;
     LSERVE_CHECK(H % Hk == 0 && q.dim(0) == batch.num_tokens(), "attention: {} heads over {} KV heads, {} rows", H, Hk,
                  q.dim(0));
+    if (batch.selects_pages() && !sel_.planned) {
+      LSERVE_CHECK(!capturing_, "a recorded step needs its page selections planned in begin_step");
+      if (!options_.gpu_selection)
+        fail("page selection is not yet enabled on the CUDA backend (use --attention dense or streaming, or --device cpu)");
+      plan_selection(batch, cache, static_cast<int32_t>(H));
+      plan_group_ = -1;
+    }
     cuda::AttentionParams p;
     p.q = bf16_of(q);
     p.out = bf16_of(out);
@@ -426,6 +451,7 @@ class CudaBackend final : public Backend {
     p.decoding = dbatch_.decoding;
     p.windows = windows_of(batch.sparsity);
     p.heads = head_map(cache, layer);
+    if (sel_.slots > 0) run_selection(cache, layer, q, scale, p);
     if (options_.reference_attention || !cuda::fast_attention_supports(static_cast<int>(D))) {
       cuda::attention_reference(p, stream_);
       return;
@@ -450,6 +476,30 @@ class CudaBackend final : public Backend {
   }
 
   void synchronize() override { LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  // Fresh selections back to the sequences (as the host selector leaves them), and what each
+  // decoding sequence's heads read this step (the statistics the CPU backend keeps).
+  void end_step(const AttentionBatch& batch) override {
+    if (!sel_.planned || sel_.slots == 0) return;
+    const int32_t L = sel_.num_layers, Hk = sel_.num_kv_heads, S = sel_.slots, cap = sel_.capacity;
+    const size_t counts = static_cast<size_t>(L) * S * Hk;
+    if (!sel_.fresh.empty()) {
+      LSERVE_CUDA_CHECK(cudaMemcpyAsync(sel_.lists_host.data(), sel_counts_dev_,
+                                        (counts + counts * static_cast<size_t>(cap)) * sizeof(int32_t),
+                                        cudaMemcpyDeviceToHost, stream_));
+      LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    }
+    for (const auto& [b, layer, h] : sel_.fresh) {
+      SequenceKv& seq = *batch.sequences[static_cast<size_t>(b)];
+      const size_t unit = (static_cast<size_t>(layer) * S + static_cast<size_t>(sel_.seq_slot[static_cast<size_t>(b)])) * Hk +
+                          static_cast<size_t>(h);
+      const int32_t* list = sel_.lists_host.data() + counts + unit * static_cast<size_t>(cap);
+      PageSelection& ps = seq.selections[static_cast<size_t>(layer * Hk + h)];
+      ps.pages.assign(list, list + sel_.lists_host[unit]);
+      ps.decode_step = seq.decode_steps;
+      ps.num_pages_then = (batch.seq_lens[b] + sel_page_size_ - 1) / sel_page_size_;
+    }
+  }
 
   cudaStream_t stream() const { return stream_; }
   CudaStepStats step_stats() const { return step_stats_; }
@@ -479,16 +529,152 @@ class CudaBackend final : public Backend {
     return m;
   }
 
-  static void expect_dense(const AttentionBatch& batch) {
-    if (batch.selects_pages())
-      fail("page selection is not yet supported by the CUDA backend (use --attention dense, or --device cpu)");
-  }
-
   // kv_append and attention read the batch copied by begin_step; a caller that skipped it (or
   // passes another batch) gets it copied here, so the ops also work on their own.
   void ensure_step(const AttentionBatch& batch) {
     if (step_batch_ != &batch || dbatch_.num_tokens != batch.num_tokens() || dbatch_.num_seqs != batch.num_seqs())
       begin_step(batch, AttentionHeads{});
+  }
+
+  // Which decoding sequences select pages this step, and for each (layer, retrieval KV head)
+  // whether its selection is made now on the device (a job) or reused (its list written here:
+  // the selected pages, then every page newer than the selection, as the host selector reads).
+  void plan_selection(const AttentionBatch& batch, const KvCache& cache, int32_t num_heads) {
+    if (!options_.gpu_selection)
+      fail("page selection is not yet enabled on the CUDA backend (use --attention dense or streaming, or --device cpu)");
+    LSERVE_CHECK(cache.logical_page_size() > 0, "page selection needs a KV cache with key summaries");
+    if (batch.sparsity->granularity != SelectionGranularity::KvHead)
+      fail("one selection per query head is not yet on the CUDA backend (use --selection kv)");
+    const int32_t B = batch.num_seqs(), L = static_cast<int32_t>(cache.num_layers());
+    const int32_t Hk = static_cast<int32_t>(cache.num_kv_heads()), G = num_heads / Hk, P = cache.page_size();
+    LSERVE_CHECK(G <= kDecodeMaxGroupForSelection, "page selection on the GPU takes groups of at most {} heads",
+                 kDecodeMaxGroupForSelection);
+    StepSelection& sel = sel_;
+    sel = StepSelection{};
+    sel.planned = true;
+    sel.num_layers = L;
+    sel.num_kv_heads = Hk;
+    sel.entries_per_split = std::max(1, cuda::kDecodeListKeys / P);
+    sel.seq_slot.assign(static_cast<size_t>(B), -1);
+    sel.list_splits.assign(static_cast<size_t>(B), 0);
+    sel_page_size_ = P;
+    for (int32_t b = 0; b < B; ++b) {
+      const SparsityConfig* s = batch.sparsity_of(b);
+      if (batch.decoding.empty() || !batch.decoding[static_cast<size_t>(b)] || !batch.sequences[static_cast<size_t>(b)] ||
+          !s || !s->selects_pages() || batch.query_len(b) != 1 || !context_needs_selection(*s, batch.seq_lens[b]))
+        continue;
+      const BudgetRule rule = budget_rule(*s);
+      // The list: the selection, then the pages appended since (at most one per step reused).
+      // Its splits follow the sequence's own rule, never the batch's, so that its attention is
+      // the same whatever it is batched with; the lists' stride is the batch's largest.
+      const int32_t cap = static_cast<int32_t>(std::max<int64_t>(rule.max_pages, 2)) + s->selector_interval + 1;
+      sel.capacity = std::max(sel.capacity, cap);
+      sel.list_splits[static_cast<size_t>(b)] = (cap + sel.entries_per_split - 1) / sel.entries_per_split;
+      sel.seq_slot[static_cast<size_t>(b)] = sel.slots++;
+    }
+    if (sel.slots == 0) return;
+    const int32_t S = sel.slots, cap = sel.capacity;
+    const size_t counts = static_cast<size_t>(L) * S * Hk;
+    sel.lists_host.assign(counts + counts * static_cast<size_t>(cap), 0);
+    size_t scratch_layer = 0;
+    for (int32_t l = 0; l < L; ++l) {
+      sel.layer_job_begin.push_back(static_cast<int32_t>(sel.jobs.size()));
+      size_t scratch_at = 0;
+      for (int32_t b = 0; b < B; ++b) {
+        const int32_t slot = sel.seq_slot[static_cast<size_t>(b)];
+        if (slot < 0) continue;
+        const SparsityConfig& s = *batch.sparsity_of(b);
+        SequenceKv& seq = *batch.sequences[static_cast<size_t>(b)];
+        if (seq.selections.size() < static_cast<size_t>(L * Hk)) seq.selections.resize(static_cast<size_t>(L * Hk));
+        const int32_t len = batch.seq_lens[b], num_pages = (len + P - 1) / P;
+        const BudgetRule rule = budget_rule(s);
+        for (int32_t h = 0; h < Hk; ++h) {
+          const HeadSlot hs = cache.slot(l, h);
+          if (hs.kind != HeadKind::Retrieval) continue;
+          const size_t unit = (static_cast<size_t>(l) * S + static_cast<size_t>(slot)) * Hk + static_cast<size_t>(h);
+          const PageSelection& ps = seq.selections[static_cast<size_t>(l * Hk + h)];
+          if (ps.decode_step < 0 || seq.decode_steps - ps.decode_step >= s.selector_interval) {
+            cuda::SelectJob j{};
+            j.q_row = batch.query_start[b];
+            j.head0 = h * G;
+            j.num_heads = G;
+            j.pool_index = hs.index;
+            j.pages_begin = batch.page_indptr[b];
+            j.num_pages = num_pages;
+            j.num_tokens = len;
+            j.max_pages = static_cast<int32_t>(rule.max_pages);
+            j.min_pages = static_cast<int32_t>(rule.min_pages);
+            j.mass_threshold = rule.mass_threshold;
+            j.out = static_cast<int32_t>(counts + unit * static_cast<size_t>(cap));  // from the counts' start
+            j.count_index = static_cast<int32_t>(unit);
+            j.scratch = static_cast<int32_t>(scratch_at / 16);
+            scratch_at += cuda::select_scratch_bytes(G, num_pages);
+            sel.jobs.push_back(j);
+            sel.fresh.push_back({b, l, h});
+            continue;
+          }
+          int32_t* list = sel.lists_host.data() + counts + unit * static_cast<size_t>(cap);
+          int32_t n = 0;
+          for (int32_t pg : ps.pages)
+            if (pg < num_pages) list[n++] = pg;
+          for (int64_t pg = std::max<int64_t>(ps.num_pages_then, 0); pg < num_pages; ++pg)
+            if (ps.pages.empty() || pg > ps.pages.back()) list[n++] = static_cast<int32_t>(pg);
+          LSERVE_CHECK(n <= cap, "a reused page list of {} pages outgrew its {} entries", n, cap);
+          sel.lists_host[unit] = n;
+        }
+      }
+      scratch_layer = std::max(scratch_layer, scratch_at);
+    }
+    sel.layer_job_begin.push_back(static_cast<int32_t>(sel.jobs.size()));
+    sel.scratch_bytes = scratch_layer;
+
+    // One upload: jobs, slots, then counts and lists (which end_step reads back in one piece).
+    const size_t jobs_bytes = (sel.jobs.size() * sizeof(cuda::SelectJob) + 15) / 16 * 16;
+    const size_t slot_bytes = (static_cast<size_t>(B) * 4 + 15) / 16 * 16;
+    std::vector<char> host(jobs_bytes + slot_bytes + sel.lists_host.size() * 4, 0);
+    std::memcpy(host.data(), sel.jobs.data(), sel.jobs.size() * sizeof(cuda::SelectJob));
+    std::memcpy(host.data() + jobs_bytes, sel.seq_slot.data(), static_cast<size_t>(B) * 4);
+    std::memcpy(host.data() + jobs_bytes + slot_bytes, sel.lists_host.data(), sel.lists_host.size() * 4);
+    char* d = static_cast<char*>(select_device_.ensure(host.size(), stream_));
+    if (host.size() <= kPinnedUploadLimit)
+      uploader_->upload(d, host.data(), host.size());
+    else
+      LSERVE_CUDA_CHECK(cudaMemcpyAsync(d, host.data(), host.size(), cudaMemcpyHostToDevice, stream_));
+    if (host.size() > kPinnedUploadLimit) LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `host` goes now
+    sel_jobs_dev_ = reinterpret_cast<const cuda::SelectJob*>(d);
+    sel_slot_dev_ = reinterpret_cast<const int32_t*>(d + jobs_bytes);
+    sel_counts_dev_ = reinterpret_cast<int32_t*>(d + jobs_bytes + slot_bytes);
+    sel_pages_dev_ = sel_counts_dev_;  // job.out counts from here: counts first, then the lists
+    if (sel.scratch_bytes > 0) select_scratch_.ensure(sel.scratch_bytes, stream_);
+  }
+
+  // This layer's fresh selections, then the attention params that read the lists.
+  void run_selection(const KvCache& cache, int64_t layer, const Tensor& q, float scale, cuda::AttentionParams& p) {
+    const int32_t S = sel_.slots, Hk = sel_.num_kv_heads, cap = sel_.capacity;
+    const size_t counts = static_cast<size_t>(sel_.num_layers) * S * Hk;
+    const int32_t j0 = sel_.layer_job_begin[static_cast<size_t>(layer)];
+    const int32_t j1 = sel_.layer_job_begin[static_cast<size_t>(layer) + 1];
+    if (j1 > j0) {
+      cuda::SelectParams sp{};
+      sp.q = bf16_of(q);
+      sp.num_heads = p.num_heads;
+      sp.head_dim = p.head_dim;
+      sp.key_min = bf16_of(cache.key_min(layer));
+      sp.key_max = bf16_of(cache.key_max(layer));
+      sp.pool_heads = static_cast<int32_t>(cache.heads_in_pool(HeadKind::Retrieval, layer));
+      sp.page_size = cache.page_size();
+      sp.logical_page_size = cache.logical_page_size();
+      sp.scale = scale;
+      sp.page_indices = dbatch_.page_indices;
+      sp.out_pages = sel_pages_dev_;
+      sp.out_counts = sel_counts_dev_;
+      sp.scratch = static_cast<unsigned char*>(select_scratch_.data());
+      cuda::select_pages(sp, sel_jobs_dev_ + j0, j1 - j0, stream_);
+    }
+    p.select_slot = sel_slot_dev_;
+    p.select_counts = sel_counts_dev_ + static_cast<size_t>(layer) * S * Hk;
+    p.select_pages = sel_pages_dev_ + counts + static_cast<size_t>(layer) * S * Hk * static_cast<size_t>(cap);
+    p.select_capacity = cap;
   }
 
   // The attention plan of this step for a GQA group size, built and uploaded once per step.
@@ -500,11 +686,12 @@ class CudaBackend final : public Backend {
   void ensure_plan(const AttentionBatch& batch, int32_t group, int32_t num_heads, int32_t full_context_kv_heads,
                    int32_t head_dim) {
     const int32_t max_splits = max_splits_for(head_dim, full_context_kv_heads);
-    const cuda::AttentionPlan plan = cuda::make_attention_plan(batch, group, max_splits);
+    const cuda::AttentionPlan plan =
+        cuda::make_attention_plan(batch, group, max_splits, sel_.list_splits, sel_.entries_per_split);
     plan_counts_.prefill = static_cast<int32_t>(plan.prefill.size());
     plan_counts_.decode = static_cast<int32_t>(plan.decode.size());
     plan_counts_.merge = static_cast<int32_t>(plan.merge.size());
-    plan_counts_.decode_capacity = plan.decode_capacity(max_splits);
+    plan_counts_.decode_capacity = plan.decode_capacity;
     plan_counts_.merge_capacity = plan.merge_capacity();
     const size_t b_head = 4 * sizeof(int32_t);
     const size_t b0 = plan.prefill.size() * sizeof(cuda::PrefillItem);
@@ -547,8 +734,13 @@ class CudaBackend final : public Backend {
     mix(reinterpret_cast<uintptr_t>(partial_o_));
     mix(reinterpret_cast<uintptr_t>(partial_lse_));
     mix(reinterpret_cast<uintptr_t>(sampling_device_.data()));
-    mix(static_cast<uint64_t>(plan_counts_.prefill) << 40 ^ static_cast<uint64_t>(plan_counts_.decode_capacity) << 20 ^
-        static_cast<uint64_t>(plan_counts_.merge_capacity));
+    mix(reinterpret_cast<uintptr_t>(select_device_.data()));
+    mix(reinterpret_cast<uintptr_t>(select_scratch_.data()));
+    mix(static_cast<uint64_t>(sel_.slots) << 32 ^ static_cast<uint64_t>(sel_.capacity));
+    for (int32_t b : sel_.layer_job_begin) mix(static_cast<uint64_t>(b));  // which layers select now
+    mix(static_cast<uint64_t>(plan_counts_.prefill));
+    mix(static_cast<uint64_t>(plan_counts_.decode_capacity));
+    mix(static_cast<uint64_t>(plan_counts_.merge_capacity));
     mix(static_cast<uint64_t>(plan_group_));
     return h;
   }
@@ -598,6 +790,29 @@ class CudaBackend final : public Backend {
   std::vector<RecordedStep> recorded_;
   bool capturing_ = false;
   CudaStepStats step_stats_;
+
+  // ---- page selection of the step ----
+  // Device block: the jobs, the sequences' slots, then per layer, slot and KV head a list's
+  // length and its pages (select_capacity entries each). Reused selections are written by the
+  // host, fresh ones by the select kernel of their layer and read back in end_step.
+  struct StepSelection {
+    bool planned = false;
+    int32_t slots = 0, capacity = 0, entries_per_split = 1, num_layers = 0, num_kv_heads = 0;
+    std::vector<int32_t> seq_slot, list_splits;  // [B]
+    std::vector<int32_t> layer_job_begin;        // [layers + 1]
+    std::vector<cuda::SelectJob> jobs;
+    std::vector<std::array<int32_t, 3>> fresh;   // (seq, layer, kv head) of each job
+    std::vector<int32_t> lists_host;             // counts, then pages (the host's part)
+    size_t scratch_bytes = 0;
+  };
+  StepSelection sel_;
+  int32_t sel_page_size_ = 0;
+  static constexpr int32_t kDecodeMaxGroupForSelection = cuda::kDecodeMaxGroup;
+  cuda::GrowableBuffer select_device_, select_scratch_;
+  const cuda::SelectJob* sel_jobs_dev_ = nullptr;
+  const int32_t* sel_slot_dev_ = nullptr;
+  int32_t* sel_counts_dev_ = nullptr;
+  int32_t* sel_pages_dev_ = nullptr;
 
   // Sampling parameters of the next sample().
   cuda::GrowableBuffer sampling_device_;

@@ -62,4 +62,12 @@ struct KvPools {
 void kv_append(const bf16* k, const bf16* v, const KvPools& pools, const HeadMap& heads, int64_t tokens,
                int64_t kv_heads, int64_t page_size, int64_t head_dim, cudaStream_t stream);
 
+// After kv_append: the retrieval heads' per-channel key min and max of every logical page the
+// step wrote to ([num_pages, retrieval heads, page_size / logical_page_size, head_dim]), over
+// all keys of that logical page so far. positions and query_start as in the AttentionBatch.
+void kv_summaries(const bf16* k_pages, const int64_t* slot_mapping, const int32_t* positions,
+                  const int32_t* query_start, int32_t num_seqs, int64_t tokens, const HeadMap& heads, int64_t kv_heads,
+                  int64_t page_size, int64_t logical_page_size, int64_t head_dim, bf16* key_min, bf16* key_max,
+                  cudaStream_t stream);
+
 }  // namespace lserve::cuda

@@ -140,11 +140,14 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
     if (threadIdx.x == 0) tokens[blockIdx.x] = 0;
     return;
   }
-  if (!(p.temperature > 0.0f) || p.top_k == 1) {
+  // Greedy rows, and rows a draw cannot weigh: an infinite best logit or a temperature so small
+  // that 1 / t overflows make every relative probability 0 or NaN; the best token it is.
+  const float inv_t = 1.0f / p.temperature;
+  if (!(p.temperature > 0.0f) || p.top_k == 1 || best == INFINITY || !isfinite(inv_t)) {
     if (threadIdx.x == 0) tokens[blockIdx.x] = static_cast<int32_t>(best_i);
     return;
   }
-  const Row r{row_logits, vocab, best, 1.0f / p.temperature};
+  const Row r{row_logits, vocab, best, inv_t};
 
   // 2-4. The threshold on e: top-k, then min-p and top-p over the top-k survivors' mass.
   uint32_t floor_bits = 0;
@@ -180,8 +183,12 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
     total += sh.u64[w];
   }
   const uint64_t start = before + incl - mine;
+  if (total == 0) {  // cannot happen (the best entry weighs 2^40), but never leave the row unwritten
+    if (threadIdx.x == 0) tokens[blockIdx.x] = static_cast<int32_t>(best_i);
+    return;
+  }
   uint64_t u = static_cast<uint64_t>(uniform_of(p) * static_cast<double>(total));
-  if (u >= total) u = total - 1;  // total > 0: the best entry (e = 1) is always kept
+  if (u >= total) u = total - 1;  // the best entry (e = 1) is always kept
   if (mine > 0 && u >= start && u < start + mine) {
     uint64_t acc = start;
     int64_t pick = end - 1;
