@@ -11,9 +11,10 @@ mkdir -p "$out"
 lserve=${LSERVE:-./build/lserve}
 # Streaming heads keep sink 128 + local 256 tokens in prefill too: LServe's 8192-token prefill
 # window would cover these whole prompts and test nothing at this scale.
-common=(--prefill-local 256 --seed 11 --samples 1)
-grid_8k=(--task passkey,niah,multikey,kv --lengths 4096,8192 --depths 0,0.25,0.5,0.75,1)
-grid_16k=(--task passkey,niah --lengths 16384 --depths 0,0.5,1)
+common=(--prefill-local 256 --seed 11)
+grid_8k=(--task passkey,niah,multikey,kv --lengths 4096,8192 --depths 0,0.25,0.5,0.75,1 --samples 1)
+grid_8kx4=(--task passkey,niah,multikey,kv --lengths 4096,8192 --depths 0,0.25,0.5,0.75,1 --samples 4)
+grid_16k=(--task passkey,niah --lengths 16384 --depths 0,0.5,1 --samples 1)
 
 # name | grid | flags (the model folder's profiled head_pattern.txt is used unless a pattern is
 # given; the random patterns are `lserve profile-heads --random SEED --out FILE`, same ratio)
@@ -37,24 +38,35 @@ configs=(
   "lserve_b1024_interval1|8k|--attention lserve --token-budget 1024 --selector-interval 1"
   "lserve_b1024_interval16|8k|--attention lserve --token-budget 1024 --selector-interval 16"
   "streaming_ratio0.75|8k|--attention streaming --streaming-ratio 0.75"
+  "dense_x4|8kx4|--attention dense"
+  "lserve_b1024_x4|8kx4|--attention lserve --token-budget 1024"
 )
 for entry in "${configs[@]}"; do
   IFS='|' read -r name grid flagtext <<<"$entry"
   read -r -a flags <<<"$flagtext"
   if [ -n "${ACCURACY_ONLY:-}" ] && [[ " $ACCURACY_ONLY " != *" $name "* ]]; then continue; fi
   if [ -s "$out/$name.json" ]; then echo "$name: measured already"; continue; fi
-  if [ "$grid" = 16k ]; then g=("${grid_16k[@]}"); else g=("${grid_8k[@]}"); fi
+  case "$grid" in
+    16k) g=("${grid_16k[@]}") ;;
+    8kx4) g=("${grid_8kx4[@]}") ;;
+    *) g=("${grid_8k[@]}") ;;
+  esac
   echo "$name: lserve eval ${common[*]} ${g[*]} ${flags[*]}"
   "$lserve" eval "${common[@]}" "${g[@]}" "${flags[@]}" --png "$out/$name.png" --json > "$out/$name.json.tmp"
   mv "$out/$name.json.tmp" "$out/$name.json"
 done
 shopt -s nullglob
 files_16k=("$out"/*_16k.json)
+files_x4=("$out"/*_x4.json)
 files_8k=()
-for f in "$out"/*.json; do [[ $f == *_16k.json ]] || files_8k+=("$f"); done
+for f in "$out"/*.json; do [[ $f == *_16k.json || $f == *_x4.json ]] || files_8k+=("$f"); done
 {
   echo "#### 4K and 8K tokens (passkey, niah, multikey, kv; 40 samples a row)"; echo
   python3 bench/accuracy_table.py "${files_8k[@]}" | sed '$d' | sed '$d'
+  if ((${#files_x4[@]})); then
+    echo; echo "#### 4K and 8K tokens, 4 samples per cell (160 samples a row)"; echo
+    python3 bench/accuracy_table.py "${files_x4[@]}" | sed '$d' | sed '$d'
+  fi
   if ((${#files_16k[@]})); then
     echo; echo "#### 16K tokens (passkey and niah; 6 samples a row)"; echo
     python3 bench/accuracy_table.py "${files_16k[@]}" | sed '$d' | sed '$d'

@@ -4,8 +4,8 @@
 //   - tensor-core throughput, for prefill: 4 * head_dim * heads * (causal pairs) flops.
 // Shapes are Llama-3-8B's attention (32 query heads, 8 KV heads, head_dim 128), one layer.
 // Then the same layer with half its KV heads streaming (prefill under LServe's and DuoAttention's
-// windows, and decode). Prints one line per case; numbers are medians of timed repeats after a
-// warm-up.
+// windows, and decode), and LServe's decode with the GPU page selector against dense decode.
+// Prints one line per case; numbers are medians of timed repeats after a warm-up.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -66,21 +66,27 @@ struct Timing {
   double ms, kv_bytes, flops;
 };
 
-// Median ms of one attention call over `batch` on `cache` (random K, V and q).
-double time_attention(Backend& gpu, KvCache& cache, const AttentionBatch& batch) {
+// Median ms of one attention call over `batch` on `cache` (random K, V, key summaries and q);
+// plan_selection: the step plans its page selections from the cache (as the model's steps do).
+double time_attention(Backend& gpu, KvCache& cache, const AttentionBatch& batch, bool plan_selection = false) {
   // Random bf16 (not zeros: zeros can run faster than real data), repeated over the pools.
   std::mt19937 rng(1);
   std::normal_distribution<float> normal;
   std::vector<uint16_t> block(size_t{16} << 20);
   for (auto& x : block) x = f32_to_bf16(normal(rng));
-  for (HeadKind kind : {HeadKind::Retrieval, HeadKind::Streaming}) {
-    for (const Tensor& pool : {cache.k_pages(0, kind), cache.v_pages(0, kind)}) {
-      if (!pool.data) continue;
-      const size_t total = pool.nbytes();
-      for (size_t off = 0; off < total; off += block.size() * 2)
-        LSERVE_CUDA_CHECK(cudaMemcpy(static_cast<char*>(pool.data) + off, block.data(),
-                                     std::min(block.size() * 2, total - off), cudaMemcpyHostToDevice));
-    }
+  std::vector<Tensor> pools;
+  for (HeadKind kind : {HeadKind::Retrieval, HeadKind::Streaming})
+    for (const Tensor& pool : {cache.k_pages(0, kind), cache.v_pages(0, kind)}) pools.push_back(pool);
+  if (cache.logical_page_size() > 0 && cache.heads_in_pool(HeadKind::Retrieval, 0) > 0) {
+    pools.push_back(cache.key_min(0));
+    pools.push_back(cache.key_max(0));
+  }
+  for (const Tensor& pool : pools) {
+    if (!pool.data) continue;
+    const size_t total = pool.nbytes();
+    for (size_t off = 0; off < total; off += block.size() * 2)
+      LSERVE_CUDA_CHECK(cudaMemcpy(static_cast<char*>(pool.data) + off, block.data(),
+                                   std::min(block.size() * 2, total - off), cudaMemcpyHostToDevice));
   }
   const int64_t T = batch.num_tokens();
   auto qmem = gpu.allocate(static_cast<size_t>(T * kHeads * kHeadDim) * 2);
@@ -94,7 +100,8 @@ double time_attention(Backend& gpu, KvCache& cache, const AttentionBatch& batch)
   const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
   gpu.begin_step(batch, AttentionHeads{static_cast<int32_t>(kHeads), static_cast<int32_t>(kKvHeads),
                                        static_cast<int32_t>(kHeadDim),
-                                       static_cast<int32_t>(cache.heads_in_pool(HeadKind::Retrieval, 0))});
+                                       static_cast<int32_t>(cache.heads_in_pool(HeadKind::Retrieval, 0)),
+                                       plan_selection ? &cache : nullptr});
   gpu.attention(cache, 0, q, batch, scale, out);  // warm-up: module load, plan upload
   gpu.synchronize();
   // Timed on the GPU with events around `reps` back-to-back launches (as a decode step's layers
@@ -190,6 +197,49 @@ Timing time_streaming(Backend& gpu, int32_t n, StreamingWindow window, bool deco
   return {ms, kv_bytes, flops};
 }
 
+// LServe in decode: half the KV heads streaming (sink 128 + local 256), the other half reading
+// the pages the GPU selector picks under a 4096-token budget (16-token logical pages pooled onto
+// 64-token pages). Times a step that selects afresh and one that reuses the selection (the
+// selector runs every 4 steps), each including its own launches.
+struct SelectedTiming {
+  double fresh_ms, reused_ms;
+};
+SelectedTiming time_selected_decode(int32_t n) {
+  CudaBackendOptions options;
+  options.gpu_selection = true;
+  auto gpu = make_cuda_backend(options);
+  ModelConfig config;
+  config.num_layers = 1;
+  config.num_heads = kHeads;
+  config.num_kv_heads = kKvHeads;
+  config.head_dim = kHeadDim;
+  SparsityConfig sp;
+  sp.policy = AttentionPolicy::LServe;
+  sp.page_size = 64;
+  sp.logical_page_size = 16;
+  sp.token_budget = 4096;
+  sp.selector_interval = 4;
+  sp.decode_window = {128, 256};
+  KvCacheOptions o;
+  o.page_size = 64;
+  o.logical_page_size = 16;
+  o.retrieval_pages = n / 64 + 2;
+  o.streaming_pages = 16;
+  KvCache cache(config, HeadPattern::uniform(1, kKvHeads, 0.5), o, *gpu);
+  SequenceKv seq;
+  cache.reserve(seq, n + 1);
+  cache.trim_streaming(seq, n, sp.decode_window);
+  const StepChunk chunk{&seq, n, 1, true, nullptr};
+  const AttentionBatch batch = plan_step(cache, std::span<const StepChunk>(&chunk, 1), &sp);
+  SelectedTiming t{};
+  t.fresh_ms = time_attention(*gpu, cache, batch, true);
+  gpu->end_step(batch);  // the selection goes to the sequence, as after a real step
+  seq.decode_steps = 1;  // the next step reuses it
+  t.reused_ms = time_attention(*gpu, cache, batch, true);
+  cache.release(seq);
+  return t;
+}
+
 int run() {
   if (cuda_device_count() == 0) {
     std::fprintf(stderr, "no CUDA GPU visible\n");
@@ -236,6 +286,15 @@ int run() {
     const double gbs = t.kv_bytes / (t.ms * 1e-3) / 1e9;
     std::printf("decode %3dK x1 (streaming heads: sink 128 + local 256)    %10.3f ms %10.0f GB/s of KV read\n",
                 n / 1024, t.ms, gbs);
+  }
+
+  std::printf("\nLServe decode x1 (half the heads streaming, the rest selecting under a 4096-token budget)\n");
+  for (int32_t n : {65536, 131072, 262144, 524288}) {
+    const SelectedTiming st = time_selected_decode(n);
+    const Timing dense = time_case(*gpu, Case{"dense", {{n - 1, 1}}}, 64);
+    const double step = (st.fresh_ms + 3 * st.reused_ms) / 4;  // a selection every 4 steps
+    std::printf("decode %3dK x1: select + read %8.3f ms, reuse %8.3f ms, per step %8.3f ms; dense %8.3f ms: %5.1fx\n",
+                n / 1024, st.fresh_ms, st.reused_ms, step, dense.ms, dense.ms / step);
   }
   return 0;
 }
