@@ -2,7 +2,8 @@
 // of the same semantics that sorts the vocabulary: greedy rows must give the host's argmax
 // (lowest id on ties, NaN ignored); every sampled row must give the token the reference picks
 // with the same uniform (read back from the device), and over many draws the frequencies must
-// follow the filtered distribution. Fresh random logits each run.
+// follow the filtered distribution; rows a draw cannot weigh (an infinite logit, a temperature
+// whose inverse overflows) give the argmax. Fresh random logits each run.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -37,7 +38,8 @@ Kept reference_kept(const float* l, int64_t V, const DeviceSampling& p) {
   int64_t best_i = 0;
   for (int64_t i = 0; i < V; ++i)
     if (clean(l[i]) > best) best = clean(l[i]), best_i = i;
-  if (best == -INFINITY || !(p.temperature > 0.0f) || p.top_k == 1) {
+  if (best == -INFINITY || best == INFINITY || !(p.temperature > 0.0f) || p.top_k == 1 ||
+      !std::isfinite(1.0f / p.temperature)) {
     k.greedy = static_cast<int32_t>(best == -INFINITY ? 0 : best_i);
     return k;
   }
@@ -148,6 +150,8 @@ TEST_F(CudaSampling, GreedyIsTheArgmax) {
     std::fill(logits.begin() + 3 * V, logits.begin() + 4 * V, -INFINITY);
     std::vector<DeviceSampling> rows(static_cast<size_t>(R));
     rows[5].temperature = 0.7f, rows[5].top_k = 1;  // top-k 1 is greedy too
+    rows[2].temperature = 0.8f;                      // an infinite logit: nothing to weigh, its argmax
+    rows[6].temperature = 1e-39f;                    // 1 / t overflows: the argmax too
     const auto got = draw(logits, V, rows);
     for (int64_t r = 0; r < R; ++r) {
       const int32_t want = reference_draw(reference_kept(logits.data() + r * V, V, rows[static_cast<size_t>(r)]), 0.5);
