@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# LServe's sparse attention on the GPU against dense and the peers, in one run on one GPU:
+#   - attention kernels, one Llama-3-8B layer: bench/cuda/attention_timing (dense, half the heads
+#     streaming at LServe's and DuoAttention's windows, LServe decode with the page selector);
+#   - the peers on the same GPU: torch SDPA (cuDNN, flash), FlexAttention with the streaming
+#     mask, a PyTorch Quest, and the copy and GEMM ceilings (bench/cuda/peer_attention.py);
+#   - end to end, a Llama-3-8B-shaped model with dummy weights (bench/configs/llama-3-8b-512k.json:
+#     its context stretched to 512K): prefill time and decode ms/token at 128K and 256K, lserve
+#     (LServe's policy; needs the GPU page selector on) vs lserve dense vs HF transformers, batch 1.
+# Then the plots (bench/cuda/plot_sparse_gpu.py). Everything lands in OUT_DIR (default
+# build-gpu/sparse).
+#
+#   bash bench/cuda/sparse_suite.sh [OUT_DIR]
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 1
+out=${1:-build-gpu/sparse}
+mkdir -p "$out"
+source scripts/gpu_env.sh
+status=0
+start=$(date +%s)
+elapsed() { echo "$(($(date +%s) - start)) s"; }
+
+echo "== build ($(elapsed))"
+if ! { cmake -S . -B build-gpu "${LSERVE_GPU_CMAKE_FLAGS[@]}" >"$out/configure.log" 2>&1 &&
+       cmake --build build-gpu -j"$(nproc)" --target lserve cuda_attention_timing >"$out/build.log" 2>&1; }; then
+  grep -E "error" "$out/build.log" | head -20
+  echo "sparse_suite.sh: build failed"
+  exit 1
+fi
+
+echo "== attention kernels ($(elapsed))"
+build-gpu/bench/cuda/cuda_attention_timing 2>&1 | tee "$out/attention_lserve.txt" || status=1
+
+echo "== peers ($(elapsed))"
+PYTHONUNBUFFERED=1 timeout 400 python3 bench/cuda/peer_attention.py --csv "$out/attention_peers.csv" 2>&1 |
+  grep -v Warning | tee "$out/attention_peers.log" || status=1
+
+echo "== end to end ($(elapsed))"
+config=bench/configs/llama-3-8b-512k.json
+for policy in dense lserve; do
+  timeout 400 build-gpu/lserve bench --device cuda --load-format dummy --model "$config" --attention "$policy" \
+    --prompt-tokens 131072 --prompt-tokens 262144 --decode-tokens 33 --repeats 1 --warmup 1 --warmup-tokens 4096 \
+    --csv "$out/e2e.csv" 2>&1 | grep -v "\[info\]" | tee -a "$out/e2e.log" || status=1
+done
+PYTHONUNBUFFERED=1 timeout 400 python3 python/bench_hf_e2e.py --config "$config" --csv "$out/hf.csv" --prefill 131072,262144 \
+  --decode 131072,262144 --batch 1 --decode-steps 16 2>&1 | grep -v Warning | tee "$out/hf.log" || status=1
+python3 python/bench_hf_e2e.py --report "$out/e2e.csv,$out/hf.csv" --config "$config" --md "$out/e2e.md" >/dev/null ||
+  status=1
+
+echo "== plots ($(elapsed))"
+python3 bench/cuda/plot_sparse_gpu.py "$out/attention_lserve.txt" "$out/attention_peers.csv" "$out/sparse_gpu.png" ||
+  status=1
+echo "== done in $(elapsed) (exit $status): $out"
+exit $status
