@@ -296,35 +296,39 @@ TEST_F(CudaStreaming, PageSelectionMatchesTheCpu) {
   }
 }
 
-// The trained model with half its KV heads streaming (its profiled pattern) under windows far
-// below the prompt lengths, CPU and GPU.
-TEST_F(CudaStreaming, TrainedModelMatchesTheCpu) {
+// The trained model under a policy (its profiled pattern, windows far below the prompt), CPU and
+// GPU, with CUDA graphs on: teacher-forced logits within the bf16 bound and the same greedy text
+// but for near-ties.
+void expect_trained_model_matches(const SparsityConfig& sp) {
   const auto dirs = test::bundled_model_dirs("head_pattern.txt");
   if (dirs.empty()) GTEST_SKIP() << "no bundled model with a head pattern";
   const auto dir = dirs.back();
   const ModelConfig config = ModelConfig::from_file(dir / "config.json");
   const HeadPattern pattern = HeadPattern::load(dir / "head_pattern.txt");
-  const SparsityConfig sp = streaming_policy(16, {16, 48}, {8, 24});
   auto cpu = make_cpu_backend(0);
-  auto gpu = make_cuda_backend(0);
+  CudaBackendOptions options;
+  options.gpu_selection = true;
+  auto gpu = make_cuda_backend(options);
+  const int32_t logical = sp.selects_pages() ? sp.logical_page_size : 0;
   struct Side {
     LlamaModel model;
     KvCache cache;
     Generator gen;
     Side(const ModelConfig& c, const std::filesystem::path& d, const HeadPattern& p, const SparsityConfig& s,
-         Backend& b)
+         Backend& b, int32_t logical_page_size)
         : model(c, load_weights(c, d, b), b, 2048),
-          cache(c, p, cache_options(), b),
+          cache(c, p, cache_options(logical_page_size), b),
           gen(model, cache, nullptr, 40, &s) {}
-    static KvCacheOptions cache_options() {
+    static KvCacheOptions cache_options(int32_t logical_page_size) {
       KvCacheOptions o;
       o.page_size = 16;
+      o.logical_page_size = logical_page_size;
       o.retrieval_pages = 128;
       o.streaming_pages = 64;
       return o;
     }
   };
-  Side c(config, dir, pattern, sp, *cpu), g(config, dir, pattern, sp, *gpu);
+  Side c(config, dir, pattern, sp, *cpu, logical), g(config, dir, pattern, sp, *gpu, logical);
   SafetensorsFile ref(dir / "reference.safetensors");
   const auto& t = ref.tensors().at("prompt1.ids");
   std::vector<int32_t> prompt(t.nbytes / 4);
@@ -361,10 +365,27 @@ TEST_F(CudaStreaming, TrainedModelMatchesTheCpu) {
     }
     EXPECT_LE(first - second, 2 * 3e-2 * max_ref) << "parted at token " << same << " where the CPU was sure";
   }
-  std::printf("  streaming, trained model: logit rel error %.2e, %zu of %zu greedy tokens identical\n",
-              max_diff / max_ref, same, want.size());
+  std::printf("  %s, trained model: logit rel error %.2e, %zu of %zu greedy tokens identical\n",
+              std::string(policy_name(sp.policy)).c_str(), max_diff / max_ref, same, want.size());
   EXPECT_EQ(g.cache.allocator(HeadKind::Streaming).num_used(), 0) << "streaming pages leaked";
   EXPECT_EQ(g.cache.allocator(HeadKind::Retrieval).num_used(), 0) << "retrieval pages leaked";
+  EXPECT_GT(cuda_step_stats(*gpu).replayed, 0) << "decode steps should replay recorded graphs";
+}
+
+TEST_F(CudaStreaming, TrainedModelMatchesTheCpu) {
+  expect_trained_model_matches(streaming_policy(16, {16, 48}, {8, 24}));
+}
+
+// The same with LServe's page selection (a 64-token budget: the prompt's retrieval heads read a
+// third of it), selections made and reused across recorded decode steps.
+TEST_F(CudaStreaming, TrainedModelWithPageSelectionMatchesTheCpu) {
+  SparsityConfig sp = streaming_policy(16, {16, 48}, {8, 24});
+  sp.policy = AttentionPolicy::LServe;
+  sp.logical_page_size = 4;
+  sp.token_budget = 64;
+  sp.selector_interval = 2;
+  sp.validate();
+  expect_trained_model_matches(sp);
 }
 
 }  // namespace

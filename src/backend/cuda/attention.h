@@ -102,6 +102,7 @@ struct DecodeItem {
   int32_t seq, key_begin, key_end, partial, selected;
 };
 inline constexpr int kDecodeListKeys = 256;  // keys (whole pages) per split of a page list
+inline constexpr int kDecodeMaxMergeSplits = 1024;  // splits one merge combines (its shared memory)
 // Partial states first_partial .. first_partial + num_splits - 1 hold sequence `seq`'s splits.
 struct MergeItem {
   int32_t seq, first_partial, num_splits;

@@ -33,7 +33,7 @@ namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps, kKeys = 16 * kWarps;
 static_assert(kKeys == kDecodeTileKeys, "splits are whole tiles");
-constexpr int kMaxSplits = 1024;  // decode_max_splits is capped here: the merge keeps weights in shared memory
+constexpr int kMaxSplits = kDecodeMaxMergeSplits;  // the merge keeps the splits' weights in shared memory
 
 template <int D>
 constexpr size_t decode_smem_bytes() {
@@ -97,7 +97,10 @@ __device__ void decode_split(const AttentionParams& p, const DecodeItem item, co
     __syncthreads();
   }
 
-  // Merge the four warps' states through shared memory (the K/V tiles are free now).
+  // Merge the four warps' states through shared memory (the K/V tiles are free now). The copies
+  // of a split with no tiles (its prologue load is never waited for in the loop) must land first.
+  tile::cp_async_wait<0>();
+  __syncthreads();
   float* wm = reinterpret_cast<float*>(sk);  // [kWarps][16] running max
   float* wl = wm + kWarps * 16;              // [kWarps][16] running sum
   float* wo = wl + kWarps * 16;              // [kWarps][16][D] unnormalized output

@@ -477,8 +477,8 @@ class CudaBackend final : public Backend {
 
   void synchronize() override { LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
-  // Fresh selections back to the sequences (as the host selector leaves them), and what each
-  // decoding sequence's heads read this step (the statistics the CPU backend keeps).
+  // Fresh selections back to the sequences, as the host selector leaves them. (The CPU
+  // backend's per-step read statistics, kv_tokens_read, are not kept on the GPU yet.)
   void end_step(const AttentionBatch& batch) override {
     if (!sel_.planned || sel_.slots == 0) return;
     const int32_t L = sel_.num_layers, Hk = sel_.num_kv_heads, S = sel_.slots, cap = sel_.capacity;
@@ -543,12 +543,16 @@ class CudaBackend final : public Backend {
     if (!options_.gpu_selection)
       fail("page selection is not yet enabled on the CUDA backend (use --attention dense or streaming, or --device cpu)");
     LSERVE_CHECK(cache.logical_page_size() > 0, "page selection needs a KV cache with key summaries");
-    if (batch.sparsity->granularity != SelectionGranularity::KvHead)
+    if (batch.sparsity && batch.sparsity->granularity != SelectionGranularity::KvHead)
       fail("one selection per query head is not yet on the CUDA backend (use --selection kv)");
+    if (options_.reference_attention || !cuda::fast_attention_supports(static_cast<int>(cache.head_dim())))
+      fail("page selection on the GPU needs the tensor-core attention kernels (head_dim 16, 32, 64 or 128)");
     const int32_t B = batch.num_seqs(), L = static_cast<int32_t>(cache.num_layers());
     const int32_t Hk = static_cast<int32_t>(cache.num_kv_heads()), G = num_heads / Hk, P = cache.page_size();
     LSERVE_CHECK(G <= kDecodeMaxGroupForSelection, "page selection on the GPU takes groups of at most {} heads",
                  kDecodeMaxGroupForSelection);
+    LSERVE_CHECK(cache.head_dim() <= cuda::kSelectMaxHeadDim, "page selection on the GPU takes head dims up to {}",
+                 cuda::kSelectMaxHeadDim);
     StepSelection& sel = sel_;
     sel = StepSelection{};
     sel.planned = true;
@@ -570,6 +574,8 @@ class CudaBackend final : public Backend {
       const int32_t cap = static_cast<int32_t>(std::max<int64_t>(rule.max_pages, 2)) + s->selector_interval + 1;
       sel.capacity = std::max(sel.capacity, cap);
       sel.list_splits[static_cast<size_t>(b)] = (cap + sel.entries_per_split - 1) / sel.entries_per_split;
+      LSERVE_CHECK(sel.list_splits[static_cast<size_t>(b)] <= cuda::kDecodeMaxMergeSplits,
+                   "a page list of {} entries needs more splits than the merge takes", cap);
       sel.seq_slot[static_cast<size_t>(b)] = sel.slots++;
     }
     if (sel.slots == 0) return;
@@ -593,7 +599,10 @@ class CudaBackend final : public Backend {
           if (hs.kind != HeadKind::Retrieval) continue;
           const size_t unit = (static_cast<size_t>(l) * S + static_cast<size_t>(slot)) * Hk + static_cast<size_t>(h);
           const PageSelection& ps = seq.selections[static_cast<size_t>(l * Hk + h)];
-          if (ps.decode_step < 0 || seq.decode_steps - ps.decode_step >= s.selector_interval) {
+          // Every unit has a job, so that a layer's grid stays the same from a step that selects
+          // to one that reuses (a recorded step replays either); only fresh ones are active.
+          const bool fresh = ps.decode_step < 0 || seq.decode_steps - ps.decode_step >= s.selector_interval;
+          {
             cuda::SelectJob j{};
             j.q_row = batch.query_start[b];
             j.head0 = h * G;
@@ -608,18 +617,24 @@ class CudaBackend final : public Backend {
             j.out = static_cast<int32_t>(counts + unit * static_cast<size_t>(cap));  // from the counts' start
             j.count_index = static_cast<int32_t>(unit);
             j.scratch = static_cast<int32_t>(scratch_at / 16);
-            scratch_at += cuda::select_scratch_bytes(G, num_pages);
+            j.active = fresh ? 1 : 0;
+            if (fresh) scratch_at += cuda::select_scratch_bytes(G, num_pages);
             sel.jobs.push_back(j);
+          }
+          if (fresh) {
             sel.fresh.push_back({b, l, h});
             continue;
           }
           int32_t* list = sel.lists_host.data() + counts + unit * static_cast<size_t>(cap);
           int32_t n = 0;
+          auto add = [&](int32_t pg) {
+            LSERVE_CHECK(n < cap, "a reused page list outgrew its {} entries", cap);
+            list[n++] = pg;
+          };
           for (int32_t pg : ps.pages)
-            if (pg < num_pages) list[n++] = pg;
+            if (pg < num_pages) add(pg);
           for (int64_t pg = std::max<int64_t>(ps.num_pages_then, 0); pg < num_pages; ++pg)
-            if (ps.pages.empty() || pg > ps.pages.back()) list[n++] = static_cast<int32_t>(pg);
-          LSERVE_CHECK(n <= cap, "a reused page list of {} pages outgrew its {} entries", n, cap);
+            if (ps.pages.empty() || pg > ps.pages.back()) add(static_cast<int32_t>(pg));
           sel.lists_host[unit] = n;
         }
       }
@@ -737,7 +752,7 @@ class CudaBackend final : public Backend {
     mix(reinterpret_cast<uintptr_t>(select_device_.data()));
     mix(reinterpret_cast<uintptr_t>(select_scratch_.data()));
     mix(static_cast<uint64_t>(sel_.slots) << 32 ^ static_cast<uint64_t>(sel_.capacity));
-    for (int32_t b : sel_.layer_job_begin) mix(static_cast<uint64_t>(b));  // which layers select now
+    for (int32_t b : sel_.layer_job_begin) mix(static_cast<uint64_t>(b));  // jobs per layer (fixed per batch)
     mix(static_cast<uint64_t>(plan_counts_.prefill));
     mix(static_cast<uint64_t>(plan_counts_.decode_capacity));
     mix(static_cast<uint64_t>(plan_counts_.merge_capacity));

@@ -19,7 +19,7 @@ namespace lserve::cuda {
 
 namespace {
 
-constexpr int kThreads = 256, kWarps = kThreads / 32, kMaxHeads = 16, kMaxDim = 256;
+constexpr int kThreads = 256, kWarps = kThreads / 32, kMaxHeads = kSelectMaxHeads, kMaxDim = kSelectMaxHeadDim;
 
 __host__ __device__ inline size_t align16(size_t b) { return (b + 15) / 16 * 16; }
 __host__ __device__ inline int32_t pow2_at_least(int32_t n) {
@@ -46,6 +46,7 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectParams p, 
   __shared__ double red[kWarps];
   if (static_cast<int32_t>(blockIdx.x) >= num_jobs) return;
   const SelectJob j = jobs[blockIdx.x];
+  if (!j.active) return;  // reused this step: its list came from the host
   const int D = p.head_dim, G = j.num_heads, n = j.num_pages, P = p.page_size, LP = p.logical_page_size;
   int32_t* out = p.out_pages + j.out;
   const int32_t max_pages = max(j.max_pages, 2);

@@ -18,6 +18,9 @@
 
 namespace lserve::cuda {
 
+inline constexpr int kSelectMaxHeads = 16;    // query heads per unit (a KV head's group)
+inline constexpr int kSelectMaxHeadDim = 256;
+
 // One (decoding sequence, selection unit) whose pages are picked now.
 struct SelectJob {
   int32_t q_row;        // the batch row of the sequence's query
@@ -32,6 +35,8 @@ struct SelectJob {
                         // out_pages[out ..], their count to out_counts[count_index]
   int32_t count_index;
   int32_t scratch;      // this job's offset into the scratch buffer, bytes / 16
+  int32_t active;       // 0: the selection is reused this step (a recorded step's fixed grid
+                        // holds a job for every unit; only the active ones select)
 };
 
 struct SelectParams {
