@@ -66,6 +66,16 @@ struct Timing {
   double ms, kv_bytes, flops;
 };
 
+// One Llama-3-8B attention layer, the shape every case times.
+ModelConfig layer_config() {
+  ModelConfig config;
+  config.num_layers = 1;
+  config.num_heads = kHeads;
+  config.num_kv_heads = kKvHeads;
+  config.head_dim = kHeadDim;
+  return config;
+}
+
 // Median ms of one attention call over `batch` on `cache` (random K, V, key summaries and q);
 // plan_selection: the step plans its page selections from the cache (as the model's steps do).
 double time_attention(Backend& gpu, KvCache& cache, const AttentionBatch& batch, bool plan_selection = false) {
@@ -131,11 +141,7 @@ double time_attention(Backend& gpu, KvCache& cache, const AttentionBatch& batch,
 }
 
 Timing time_case(Backend& gpu, const Case& c, int32_t page_size) {
-  ModelConfig config;
-  config.num_layers = 1;
-  config.num_heads = kHeads;
-  config.num_kv_heads = kKvHeads;
-  config.head_dim = kHeadDim;
+  const ModelConfig config = layer_config();
   AttentionBatch batch;
   batch.query_start = {0};
   batch.page_indptr = {0};
@@ -168,11 +174,7 @@ Timing time_case(Backend& gpu, const Case& c, int32_t page_size) {
 // pass under `window`, or one decode step after it (streaming heads keep sink 128 + local 256).
 // FLOPs are counted as dense causal attention's ("dense-equivalent"), bytes as those read.
 Timing time_streaming(Backend& gpu, int32_t n, StreamingWindow window, bool decode) {
-  ModelConfig config;
-  config.num_layers = 1;
-  config.num_heads = kHeads;
-  config.num_kv_heads = kKvHeads;
-  config.head_dim = kHeadDim;
+  const ModelConfig config = layer_config();
   SparsityConfig sp;
   sp.policy = AttentionPolicy::Streaming;
   sp.page_size = 64;
@@ -208,11 +210,7 @@ SelectedTiming time_selected_decode(int32_t n) {
   CudaBackendOptions options;
   options.gpu_selection = true;
   auto gpu = make_cuda_backend(options);
-  ModelConfig config;
-  config.num_layers = 1;
-  config.num_heads = kHeads;
-  config.num_kv_heads = kKvHeads;
-  config.head_dim = kHeadDim;
+  const ModelConfig config = layer_config();
   SparsityConfig sp;
   sp.policy = AttentionPolicy::LServe;
   sp.page_size = 64;
