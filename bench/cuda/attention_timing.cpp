@@ -6,12 +6,15 @@
 // Then the same layer with half its KV heads streaming (prefill under LServe's and DuoAttention's
 // windows, and decode), and LServe's decode with the GPU page selector against dense decode.
 // Prints one line per case; numbers are medians of timed repeats after a warm-up.
+//
+//   cuda_attention_timing [dense] [streaming] [lserve]   (the sections to run; default all)
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "backend/attention_batch.h"
@@ -201,15 +204,15 @@ Timing time_streaming(Backend& gpu, int32_t n, StreamingWindow window, bool deco
 
 // LServe in decode: half the KV heads streaming (sink 128 + local 256), the other half reading
 // the pages the GPU selector picks under a 4096-token budget (16-token logical pages pooled onto
-// 64-token pages). Times a step that selects afresh and one that reuses the selection (the
-// selector runs every 4 steps), each including its own launches.
+// 64-token pages), for `batch` sequences of n tokens. Times a step that selects afresh and one
+// that reuses the selection (the selector runs every 4 steps), each including its own launches;
+// their difference is the selector's time. Bytes: what the kernels must read at least (the
+// selected and windowed K/V, and in a fresh step every logical page's key min and max).
 struct SelectedTiming {
-  double fresh_ms, reused_ms;
+  double fresh_ms, reused_ms, fresh_bytes, reused_bytes;
 };
-SelectedTiming time_selected_decode(int32_t n) {
-  CudaBackendOptions options;
-  options.gpu_selection = true;
-  auto gpu = make_cuda_backend(options);
+SelectedTiming time_selected_decode(int32_t n, int32_t batch_size, SelectionGranularity granularity) {
+  auto gpu = make_cuda_backend(0);
   const ModelConfig config = layer_config();
   SparsityConfig sp;
   sp.policy = AttentionPolicy::LServe;
@@ -218,27 +221,39 @@ SelectedTiming time_selected_decode(int32_t n) {
   sp.token_budget = 4096;
   sp.selector_interval = 4;
   sp.decode_window = {128, 256};
+  sp.granularity = granularity;
   KvCacheOptions o;
   o.page_size = 64;
   o.logical_page_size = 16;
-  o.retrieval_pages = n / 64 + 2;
-  o.streaming_pages = 16;
+  o.max_sequences = batch_size;
+  o.retrieval_pages = int64_t{batch_size} * (n / 64 + 2);
+  o.streaming_pages = o.retrieval_pages;  // reserve() takes the whole context before the trim frees it
   KvCache cache(config, HeadPattern::uniform(1, kKvHeads, 0.5), o, *gpu);
-  SequenceKv seq;
-  cache.reserve(seq, n + 1);
-  cache.trim_streaming(seq, n, sp.decode_window);
-  const StepChunk chunk{&seq, n, 1, true, nullptr};
-  const AttentionBatch batch = plan_step(cache, std::span<const StepChunk>(&chunk, 1), &sp);
+  std::vector<SequenceKv> seqs(static_cast<size_t>(batch_size));
+  std::vector<StepChunk> chunks;
+  for (SequenceKv& seq : seqs) {
+    cache.reserve(seq, n + 1);
+    cache.trim_streaming(seq, n, sp.decode_window);
+    chunks.push_back({&seq, n, 1, true, nullptr});
+  }
+  const AttentionBatch batch = plan_step(cache, chunks, &sp);
   SelectedTiming t{};
   t.fresh_ms = time_attention(*gpu, cache, batch, true);
-  gpu->end_step(batch);  // the selection goes to the sequence, as after a real step
-  seq.decode_steps = 1;  // the next step reuses it
+  gpu->end_step(batch);  // the selections go to the sequences, as after a real step
+  for (SequenceKv& seq : seqs) seq.decode_steps = 1;  // the next step reuses them
   t.reused_ms = time_attention(*gpu, cache, batch, true);
-  cache.release(seq);
+  for (SequenceKv& seq : seqs) cache.release(seq);
+  const double G = static_cast<double>(kHeads) / kKvHeads, half = kKvHeads / 2.0, row = kHeadDim * 2.0 * 2;  // K + V
+  const double readers = granularity == SelectionGranularity::QueryHead ? half * G : half;
+  const double kv = batch_size * (readers * static_cast<double>(sp.token_budget) + half * 384.0) * row;
+  t.reused_bytes = kv;
+  t.fresh_bytes = kv + batch_size * half * (n / 16.0) * row;  // min and max of each logical page
   return t;
 }
 
-int run() {
+// sections: any of "dense", "streaming", "lserve" (empty: all).
+int run(const std::vector<std::string>& sections) {
+  auto want = [&](const char* name) { return sections.empty() || std::find(sections.begin(), sections.end(), name) != sections.end(); };
   if (cuda_device_count() == 0) {
     std::fprintf(stderr, "no CUDA GPU visible\n");
     return 1;
@@ -250,6 +265,7 @@ int run() {
   const std::vector<Case> cases = {
       {"prefill 32K (one pass, causal)", {{0, 32768}}},
       {"prefill 128K (one pass, causal)", {{0, 131072}}},
+      {"prefill 256K (one pass, causal)", {{0, 262144}}},
       {"prefill 2K chunk after 30K", {{30720, 2048}}},
       {"decode 64K x1", {{65535, 1}}},
       {"decode 128K x1", {{131071, 1}}},
@@ -259,9 +275,11 @@ int run() {
       {"decode 256K x8", std::vector<std::pair<int32_t, int32_t>>(8, {262143, 1})},
       {"decode 8K x64", std::vector<std::pair<int32_t, int32_t>>(64, {8191, 1})},
   };
-  std::printf("%-34s %5s %10s %12s %12s %10s\n", "case (32/8 heads, d 128)", "page", "ms", "KV GB/s", "% of copy",
-              "TFLOP/s");
+  if (want("dense"))
+    std::printf("%-34s %5s %10s %12s %12s %10s\n", "case (32/8 heads, d 128)", "page", "ms", "KV GB/s", "% of copy",
+                "TFLOP/s");
   for (const auto& c : cases) {
+    if (!want("dense")) break;
     for (int32_t page : {16, 64}) {
       const Timing t = time_case(*gpu, c, page);
       const double gbs = t.kv_bytes / (t.ms * 1e-3) / 1e9;
@@ -270,29 +288,41 @@ int run() {
     }
   }
 
-  std::printf("\nhalf the KV heads streaming, the rest dense; page 64; TFLOP/s dense-equivalent\n");
-  for (const auto& [name, window] : {std::pair{"LServe's window (sink 128 + local 8192)", StreamingWindow{128, 8192}},
-                                     std::pair{"DuoAttention's (sink 64 + local 256)", StreamingWindow{64, 256}}}) {
-    for (int32_t n : {32768, 131072}) {
-      const Timing t = time_streaming(*gpu, n, window, false);
-      std::printf("prefill %3dK, %-40s %10.3f ms %10.1f TFLOP/s\n", n / 1024, name, t.ms,
-                  t.flops / (t.ms * 1e-3) / 1e12);
+  if (want("streaming")) {
+    std::printf("\nhalf the KV heads streaming, the rest dense; page 64; TFLOP/s dense-equivalent\n");
+    for (const auto& [name, window] : {std::pair{"LServe's window (sink 128 + local 8192)", StreamingWindow{128, 8192}},
+                                       std::pair{"DuoAttention's (sink 64 + local 256)", StreamingWindow{64, 256}}}) {
+      for (int32_t n : {32768, 131072, 262144}) {
+        const Timing t = time_streaming(*gpu, n, window, false);
+        std::printf("prefill %3dK, %-40s %10.3f ms %10.1f TFLOP/s\n", n / 1024, name, t.ms,
+                    t.flops / (t.ms * 1e-3) / 1e12);
+      }
+    }
+    for (int32_t n : {131072, 262144}) {
+      const Timing t = time_streaming(*gpu, n, StreamingWindow{128, 8192}, true);
+      const double gbs = t.kv_bytes / (t.ms * 1e-3) / 1e9;
+      std::printf("decode %3dK x1 (streaming heads: sink 128 + local 256)    %10.3f ms %10.0f GB/s of KV read\n",
+                  n / 1024, t.ms, gbs);
     }
   }
-  for (int32_t n : {131072, 262144}) {
-    const Timing t = time_streaming(*gpu, n, StreamingWindow{128, 8192}, true);
-    const double gbs = t.kv_bytes / (t.ms * 1e-3) / 1e9;
-    std::printf("decode %3dK x1 (streaming heads: sink 128 + local 256)    %10.3f ms %10.0f GB/s of KV read\n",
-                n / 1024, t.ms, gbs);
-  }
 
-  std::printf("\nLServe decode x1 (half the heads streaming, the rest selecting under a 4096-token budget)\n");
-  for (int32_t n : {65536, 131072, 262144, 524288}) {
-    const SelectedTiming st = time_selected_decode(n);
-    const Timing dense = time_case(*gpu, Case{"dense", {{n - 1, 1}}}, 64);
-    const double step = (st.fresh_ms + 3 * st.reused_ms) / 4;  // a selection every 4 steps
-    std::printf("decode %3dK x1: select + read %8.3f ms, reuse %8.3f ms, per step %8.3f ms; dense %8.3f ms: %5.1fx\n",
-                n / 1024, st.fresh_ms, st.reused_ms, step, dense.ms, dense.ms / step);
+  if (!want("lserve")) return 0;
+  std::printf("\nLServe decode (half the heads streaming, the rest selecting under a 4096-token budget, every 4 "
+              "steps);\nselector = select + read - reuse; GB/s: the least bytes the step must read over its time\n");
+  for (int32_t B : {1, 8}) {
+    for (int32_t n : {65536, 131072, 262144, 524288}) {
+      const Timing dense = time_case(*gpu, Case{"dense", std::vector<std::pair<int32_t, int32_t>>(B, {n - 1, 1})}, 64);
+      for (const auto& [gname, g] : {std::pair{"shared", SelectionGranularity::KvHead},
+                                     std::pair{"per-query", SelectionGranularity::QueryHead}}) {
+        const SelectedTiming st = time_selected_decode(n, B, g);
+        const double step = (st.fresh_ms + 3 * st.reused_ms) / 4;  // a selection every 4 steps
+        std::printf("decode %3dK x%d, %-9s: select + read %7.3f ms (%5.0f GB/s), reuse %7.3f ms (%5.0f GB/s), "
+                    "selector %7.3f ms, per step %7.3f ms; dense %7.3f ms: %5.1fx\n",
+                    n / 1024, B, gname, st.fresh_ms, st.fresh_bytes / (st.fresh_ms * 1e6), st.reused_ms,
+                    st.reused_bytes / (st.reused_ms * 1e6), st.fresh_ms - st.reused_ms, step, dense.ms,
+                    dense.ms / step);
+      }
+    }
   }
   return 0;
 }
@@ -300,9 +330,9 @@ int run() {
 }  // namespace
 }  // namespace lserve
 
-int main() {
+int main(int argc, char** argv) {
   try {
-    return lserve::run();
+    return lserve::run(std::vector<std::string>(argv + 1, argv + argc));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -33,7 +33,7 @@ def read_timing(path):
         m = re.match(r"decode (\d+)K x1\s+64\s+([\d.]+)", line)
         if m:
             dense_decode.append((int(m[1]) * K, float(m[2])))
-        m = re.match(r"decode\s+(\d+)K x1: .*per step\s+([\d.]+) ms", line)
+        m = re.match(r"decode\s+(\d+)K x1, shared\s*:.*per step\s+([\d.]+) ms", line)
         if m:
             lserve_decode.append((int(m[1]) * K, float(m[2])))
     return dense_prefill, stream_prefill, dense_decode, lserve_decode

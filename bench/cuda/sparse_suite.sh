@@ -8,12 +8,15 @@
 #     its context stretched to 512K): prefill time and decode ms/token at 128K and 256K, lserve
 #     (LServe's policy; needs the GPU page selector on) vs lserve dense vs HF transformers, batch 1.
 # Then the plots (bench/cuda/plot_sparse_gpu.py). Everything lands in OUT_DIR (default
-# build-gpu/sparse).
+# build-gpu/sparse). PARTS (default all) picks some of kernels, peers, e2e, plots, so that the
+# suite can also run in pieces into the same OUT_DIR.
 #
-#   bash bench/cuda/sparse_suite.sh [OUT_DIR]
+#   bash bench/cuda/sparse_suite.sh [OUT_DIR] [PARTS, e.g. kernels,peers]
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 out=${1:-build-gpu/sparse}
+parts=${2:-kernels,peers,e2e,plots}
+want() { [[ ",$parts," == *",$1,"* ]]; }
 mkdir -p "$out"
 source scripts/gpu_env.sh
 status=0
@@ -28,27 +31,37 @@ if ! { cmake -S . -B build-gpu "${LSERVE_GPU_CMAKE_FLAGS[@]}" >"$out/configure.l
   exit 1
 fi
 
-echo "== attention kernels ($(elapsed))"
-build-gpu/bench/cuda/cuda_attention_timing 2>&1 | tee "$out/attention_lserve.txt" || status=1
+if want kernels; then
+  echo "== attention kernels ($(elapsed))"
+  build-gpu/bench/cuda/cuda_attention_timing 2>&1 | tee "$out/attention_lserve.txt" || status=1
+fi
 
-echo "== peers ($(elapsed))"
-PYTHONUNBUFFERED=1 timeout 400 python3 bench/cuda/peer_attention.py --csv "$out/attention_peers.csv" 2>&1 |
-  grep -v Warning | tee "$out/attention_peers.log" || status=1
+if want peers; then
+  echo "== peers ($(elapsed))"
+  rm -f "$out/attention_peers.csv"
+  PYTHONUNBUFFERED=1 timeout 500 python3 bench/cuda/peer_attention.py --csv "$out/attention_peers.csv" 2>&1 |
+    grep -v Warning | tee "$out/attention_peers.log" || status=1
+fi
 
-echo "== end to end ($(elapsed))"
 config=bench/configs/llama-3-8b-512k.json
-for policy in dense lserve; do
-  timeout 400 build-gpu/lserve bench --device cuda --load-format dummy --model "$config" --attention "$policy" \
-    --prompt-tokens 131072 --prompt-tokens 262144 --decode-tokens 33 --repeats 1 --warmup 1 --warmup-tokens 4096 \
-    --csv "$out/e2e.csv" 2>&1 | grep -v "\[info\]" | tee -a "$out/e2e.log" || status=1
-done
-PYTHONUNBUFFERED=1 timeout 400 python3 python/bench_hf_e2e.py --config "$config" --csv "$out/hf.csv" --prefill 131072,262144 \
-  --decode 131072,262144 --batch 1 --decode-steps 16 2>&1 | grep -v Warning | tee "$out/hf.log" || status=1
-python3 python/bench_hf_e2e.py --report "$out/e2e.csv,$out/hf.csv" --config "$config" --md "$out/e2e.md" >/dev/null ||
-  status=1
+if want e2e; then
+  echo "== end to end ($(elapsed))"
+  rm -f "$out/e2e.csv" "$out/hf.csv" "$out/e2e.log"
+  for policy in dense lserve; do
+    timeout 400 build-gpu/lserve bench --device cuda --load-format dummy --model "$config" --attention "$policy" \
+      --prompt-tokens 131072 --prompt-tokens 262144 --decode-tokens 33 --repeats 1 --warmup 1 --warmup-tokens 4096 \
+      --csv "$out/e2e.csv" 2>&1 | grep -v "\[info\]" | tee -a "$out/e2e.log" || status=1
+  done
+  PYTHONUNBUFFERED=1 timeout 400 python3 python/bench_hf_e2e.py --config "$config" --csv "$out/hf.csv" --prefill 131072,262144 \
+    --decode 131072,262144 --batch 1 --decode-steps 16 2>&1 | grep -v Warning | tee "$out/hf.log" || status=1
+  python3 python/bench_hf_e2e.py --report "$out/e2e.csv,$out/hf.csv" --config "$config" --md "$out/e2e.md" >/dev/null ||
+    status=1
+fi
 
-echo "== plots ($(elapsed))"
-python3 bench/cuda/plot_sparse_gpu.py "$out/attention_lserve.txt" "$out/attention_peers.csv" "$out/sparse_gpu.png" ||
-  status=1
+if want plots; then
+  echo "== plots ($(elapsed))"
+  python3 bench/cuda/plot_sparse_gpu.py "$out/attention_lserve.txt" "$out/attention_peers.csv" "$out/sparse_gpu.png" ||
+    status=1
+fi
 echo "== done in $(elapsed) (exit $status): $out"
 exit $status

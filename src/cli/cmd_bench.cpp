@@ -271,8 +271,9 @@ void run_batched(const BenchOptions& o, LoadedModel& m, CsvOut& csv) {
   }
 }
 
-void run_bench(const BenchOptions& o) {
+void run_bench(BenchOptions& o) {
   LoadedModel m = load_model(o.model);
+  resolve_auto_policy(o.model, m, *std::max_element(o.prompt_tokens.begin(), o.prompt_tokens.end()));
   CsvOut csv(o.csv, o.model.policy == "dense" ? std::string("lserve") : "lserve-" + o.model.policy);
   if (o.batch == 1) run_single(o, m, csv);
   else run_batched(o, m, csv);

@@ -114,6 +114,7 @@ void run_serve_bench(ServeBenchOptions o) {
     if (o.model.kv_cache_gib <= 0) o.model.kv_cache_gib = 1.0;
     m = std::make_unique<LoadedModel>(load_model(o.model));
     if (!m->tokenizer) fail("{}: no tokenizer.json", m->dir.string());
+    resolve_auto_policy(o.model, *m, m->model->max_context());
     cache = make_kv_cache(*m, o.model, m->model->max_context(), max_concurrency, o.max_batched_tokens);
     EngineOptions eo;
     eo.scheduler.max_running = max_concurrency;

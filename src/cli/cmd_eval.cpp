@@ -105,7 +105,7 @@ void check_range(const char* flag, int64_t value, int64_t lo, int64_t hi) {
   if (value < lo || value > hi) fail("{} must be in {}..{}, got {}", flag, lo, hi, value);
 }
 
-void run_eval(const EvalOptions& o) {
+void run_eval(EvalOptions& o) {
   log_to_stderr();
   check_range("--samples", o.samples, 1, int64_t{1} << 20);
   check_range("--max-running", o.max_running, 1, 4096);
@@ -145,6 +145,7 @@ void run_eval(const EvalOptions& o) {
                haystack_file.string(), haystack.size(),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), longest);
 
+  resolve_auto_policy(o.model, m, longest);
   const int64_t running = std::min<int64_t>(o.max_running, static_cast<int64_t>(samples.size()));
   auto cache = make_kv_cache(m, o.model, longest + max_new, running, o.max_batched_tokens);
   EngineOptions eo;

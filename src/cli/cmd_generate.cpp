@@ -34,7 +34,7 @@ double peak_rss_mib() {
   return static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
-void run_generate(const GenerateOptions& o, const CLI::App& cmd) {
+void run_generate(GenerateOptions& o, const CLI::App& cmd) {
   if (o.prompt.empty() == o.prompt_file.empty()) fail("give exactly one of --prompt and --prompt-file");
   const std::string text = o.prompt_file.empty() ? o.prompt : read_text_file(o.prompt_file);
 
@@ -63,6 +63,7 @@ void run_generate(const GenerateOptions& o, const CLI::App& cmd) {
   if (need > m.model->max_context())
     fail("prompt ({} tokens) + --max-tokens ({}) exceeds the max context of {} tokens", req.prompt.size(),
          req.max_tokens, m.model->max_context());
+  resolve_auto_policy(o.model, m, static_cast<int64_t>(req.prompt.size()));
   auto cache = make_kv_cache(m, o.model, need, 1, o.prefill_chunk);
   Generator gen(*m.model, *cache, &*m.tokenizer, o.prefill_chunk, &o.model.sparsity);
   spdlog::info("{}", o.model.sparsity.summary());

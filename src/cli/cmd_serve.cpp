@@ -57,6 +57,8 @@ void run_serve(ServeOptions o) {
   LoadedModel m = load_model(o.model);
   if (!m.tokenizer) fail("{}: no tokenizer.json; serve needs a tokenizer", m.dir.string());
   const int64_t max_context = m.model->max_context();
+  // One KV cache layout serves every request, so the choice follows the longest prompt served.
+  resolve_auto_policy(o.model, m, max_context);
   auto cache = make_kv_cache(m, o.model, max_context, o.max_running, o.max_batched_tokens);
   if (cache->has_pool(HeadKind::Retrieval)) {
     const int64_t capacity = cache->allocator(HeadKind::Retrieval).num_pages() * cache->page_size();

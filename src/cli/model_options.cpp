@@ -38,8 +38,10 @@ void add_model_options(CLI::App* cmd, ModelOptions& o) {
 
   SparsityConfig& s = o.sparsity;
   auto* g = "Sparse attention (defaults are LServe's)";
-  cmd->add_option("--attention", o.policy, "attention policy: dense, lserve, streaming, quest or psa")
-      ->check(CLI::IsMember({"dense", "lserve", "streaming", "quest", "psa"}))->group(g);
+  cmd->add_option("--attention", o.policy,
+                  "attention policy: auto, dense, lserve, streaming, quest or psa (auto: lserve on the GPU for prompts "
+                  "longer than the prefill window when the model carries a head pattern, else dense)")
+      ->check(CLI::IsMember({"auto", "dense", "lserve", "streaming", "quest", "psa"}))->group(g)->capture_default_str();
   cmd->add_option("--page-size", s.page_size, "tokens per physical KV page")->check(CLI::Range(1, 4096))->group(g)->capture_default_str();
   cmd->add_option("--logical-page-size", s.logical_page_size, "tokens per logical page the selector scores")
       ->check(CLI::Range(1, 4096))->group(g)->capture_default_str();
@@ -61,23 +63,45 @@ void add_model_options(CLI::App* cmd, ModelOptions& o) {
 }
 
 void finish_sparsity(ModelOptions& o) {
-  o.sparsity.policy = parse_policy(o.policy);
+  // auto stays dense until resolve_auto_policy sees the model and the prompts.
+  o.sparsity.policy = o.policy == "auto" ? AttentionPolicy::Dense : parse_policy(o.policy);
   o.sparsity.granularity = o.granularity == "query" ? SelectionGranularity::QueryHead : SelectionGranularity::KvHead;
   o.sparsity.validate();
+}
+
+std::filesystem::path head_pattern_file(const LoadedModel& m, const SparsityConfig& s) {
+  if (!s.head_pattern_file.empty()) return s.head_pattern_file;
+  for (const char* name : {"head_pattern.txt", "full_attention_heads.tsv"})
+    if (std::filesystem::exists(m.dir / name)) return m.dir / name;
+  return {};
+}
+
+void resolve_auto_policy(ModelOptions& o, const LoadedModel& m, int64_t longest_prompt) {
+  if (o.policy != "auto") return;
+  const StreamingWindow& w = o.sparsity.prefill_window;
+  const int64_t threshold = w.sink + w.local;
+  std::string why;
+  if (o.device != "cuda")
+    why = "not on the GPU";
+  else if (head_pattern_file(m, o.sparsity).empty())
+    why = "the model carries no head pattern (make one with `lserve profile-heads`)";
+  else if (longest_prompt <= threshold)
+    why = fmt::format("the longest prompt ({} tokens) fits the {}-token prefill window", longest_prompt, threshold);
+  o.sparsity.policy = why.empty() ? AttentionPolicy::LServe : AttentionPolicy::Dense;
+  o.policy = std::string(policy_name(o.sparsity.policy));
+  if (why.empty())
+    spdlog::info("--attention auto: lserve (GPU, head pattern, prompts up to {} tokens, longer than the {}-token "
+                 "prefill window)",
+                 longest_prompt, threshold);
+  else
+    spdlog::info("--attention auto: dense ({})", why);
 }
 
 HeadPattern resolve_head_pattern(const LoadedModel& m, const SparsityConfig& s) {
   const ModelConfig& c = m.model->config();
   if (!s.has_streaming_heads()) return HeadPattern::all_retrieval(c.num_layers, c.num_kv_heads);
   const HeadRule rule{s.streaming_ratio, std::nullopt};
-  std::filesystem::path file = s.head_pattern_file;
-  if (file.empty()) {
-    for (const char* name : {"head_pattern.txt", "full_attention_heads.tsv"})
-      if (std::filesystem::exists(m.dir / name)) {
-        file = m.dir / name;
-        break;
-      }
-  }
+  const std::filesystem::path file = head_pattern_file(m, s);
   HeadPattern p = file.empty() ? HeadPattern::uniform(c.num_layers, c.num_kv_heads, s.streaming_ratio.value_or(0.5))
                                : HeadPattern::load(file, rule);
   p.validate(c.num_layers, c.num_kv_heads);

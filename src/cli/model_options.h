@@ -29,7 +29,7 @@ struct ModelOptions {
   double kv_cache_gib = 0;           // 0: just what the command needs
   uint64_t dummy_seed = 0;
   SparsityConfig sparsity;           // --attention and its knobs (page size included)
-  std::string policy = "dense";
+  std::string policy = "auto";       // auto: resolve_auto_policy picks lserve or dense after loading
   std::string granularity = "kv";
 };
 
@@ -50,6 +50,16 @@ LoadedModel load_model(const ModelOptions& options);
 
 // Finishes the sparsity options after parsing (policy name, granularity) and validates them.
 void finish_sparsity(ModelOptions& options);
+
+// --attention auto (the default) becomes lserve when the model runs on the GPU, carries a head
+// pattern (or --head-pattern names one) and `longest_prompt` is longer than the streaming heads'
+// prefill window, where sparse attention starts to save work; dense otherwise. Logs what it
+// chose and why. Does nothing for an explicit policy.
+void resolve_auto_policy(ModelOptions& options, const LoadedModel& m, int64_t longest_prompt);
+
+// The head pattern file the model folder carries (head_pattern.txt, else DuoAttention's
+// full_attention_heads.tsv), or --head-pattern; empty when there is none.
+std::filesystem::path head_pattern_file(const LoadedModel& m, const SparsityConfig& sparsity);
 
 // The head pattern the policy runs with: all retrieval without streaming heads; else
 // --head-pattern, else the model folder's (head_pattern.txt, or DuoAttention's

@@ -47,7 +47,7 @@ SparsityConfig streaming_policy(int32_t page, StreamingWindow prefill, Streaming
 class StreamingRig {
  public:
   StreamingRig(const Shape4& s, const SparsityConfig& sparsity, uint32_t seed)
-      : shape_(s), sparsity_(sparsity), rng_(seed), cpu_(make_cpu_backend(0)), gpu_(make_cuda_backend(gpu_options())) {
+      : shape_(s), sparsity_(sparsity), rng_(seed), cpu_(make_cpu_backend(0)), gpu_(make_cuda_backend(CudaBackendOptions{})) {
     config_.num_layers = 2;
     config_.num_heads = s.heads;
     config_.num_kv_heads = s.kv_heads;
@@ -136,12 +136,6 @@ class StreamingRig {
   }
 
  private:
-  static CudaBackendOptions gpu_options() {
-    CudaBackendOptions o;
-    o.gpu_selection = true;  // what these tests check before it is on for everyone
-    return o;
-  }
-
   // The page selections the GPU made (read back at the end of the step) are the CPU's.
   void expect_same_selections() {
     for (size_t b = 0; b < cpu_seqs_.size(); ++b) {
@@ -256,18 +250,23 @@ TEST_F(CudaStreaming, PageSelectionMatchesTheCpu) {
     const char* name;
     AttentionPolicy policy;
     Shape4 shape;
+    SelectionGranularity granularity = SelectionGranularity::KvHead;
   };
   const std::vector<Case> cases = {
       {"lserve d128", AttentionPolicy::LServe, {32, 8, 128, 64}},
       {"quest d64 small pages", AttentionPolicy::Quest, {8, 2, 64, 16}},
       {"psa d64", AttentionPolicy::Psa, {16, 4, 64, 32}},
       {"lserve d32 (mma.sync prefill)", AttentionPolicy::LServe, {16, 8, 32, 32}},
+      {"lserve d128 per query head", AttentionPolicy::LServe, {32, 8, 128, 64}, SelectionGranularity::QueryHead},
+      {"psa d64 per query head", AttentionPolicy::Psa, {16, 4, 64, 32}, SelectionGranularity::QueryHead},
+      {"quest MHA per query head", AttentionPolicy::Quest, {4, 4, 32, 16}, SelectionGranularity::QueryHead},
   };
   for (const Case& c : cases) {
     const Shape4& s = c.shape;
     SCOPED_TRACE(::testing::Message() << c.name << ", seed " << seed_);
     SparsityConfig sp = streaming_policy(s.page, {s.page + 5, 3 * s.page + 7}, {s.page / 2 + 3, s.page + 9});
     sp.policy = c.policy;
+    sp.granularity = c.granularity;
     sp.logical_page_size = s.page / 4;
     sp.token_budget = 3 * s.page;
     sp.selector_interval = 3;
@@ -306,9 +305,7 @@ void expect_trained_model_matches(const SparsityConfig& sp) {
   const ModelConfig config = ModelConfig::from_file(dir / "config.json");
   const HeadPattern pattern = HeadPattern::load(dir / "head_pattern.txt");
   auto cpu = make_cpu_backend(0);
-  CudaBackendOptions options;
-  options.gpu_selection = true;
-  auto gpu = make_cuda_backend(options);
+  auto gpu = make_cuda_backend(0);
   const int32_t logical = sp.selects_pages() ? sp.logical_page_size : 0;
   struct Side {
     LlamaModel model;
@@ -381,6 +378,17 @@ TEST_F(CudaStreaming, TrainedModelMatchesTheCpu) {
 TEST_F(CudaStreaming, TrainedModelWithPageSelectionMatchesTheCpu) {
   SparsityConfig sp = streaming_policy(16, {16, 48}, {8, 24});
   sp.policy = AttentionPolicy::LServe;
+  sp.logical_page_size = 4;
+  sp.token_budget = 64;
+  sp.selector_interval = 2;
+  sp.validate();
+  expect_trained_model_matches(sp);
+}
+
+TEST_F(CudaStreaming, TrainedModelWithPerQueryHeadSelectionMatchesTheCpu) {
+  SparsityConfig sp = streaming_policy(16, {16, 48}, {8, 24});
+  sp.policy = AttentionPolicy::LServe;
+  sp.granularity = SelectionGranularity::QueryHead;
   sp.logical_page_size = 4;
   sp.token_budget = 64;
   sp.selector_interval = 2;

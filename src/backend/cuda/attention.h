@@ -54,14 +54,23 @@ struct AttentionParams {
   StreamingWindows windows;
   HeadMap heads;
   // ---- page selection: retrieval heads of decoding sequences that select (select_slot null:
-  // none). A selecting sequence's retrieval head h reads the pages (indices within the
-  // sequence, ascending) of its list select_pages[(slot * num_kv_heads + h) * select_capacity ..]
-  // of select_counts[slot * num_kv_heads + h] entries, this layer's.
+  // none). A selecting sequence's selection unit u reads the pages (indices within the
+  // sequence, ascending) of its list select_pages[(slot * units + u) * select_capacity ..] of
+  // select_counts[slot * units + u] entries, this layer's. Units are the KV heads (the group
+  // shares one list), or with select_per_query_head the query heads (each its own list).
   const int32_t* select_slot = nullptr;    // [num_seqs]: the sequence's slot, or -1
   const int32_t* select_pages = nullptr;
   const int32_t* select_counts = nullptr;
   int32_t select_capacity = 0;
+  int32_t select_per_query_head = 0;
 };
+
+// Decode blocks per KV head: one, or with one selection per query head one per query head of
+// the group (each reads its own pages; the blocks past the first return unless they serve a
+// selecting retrieval head).
+__host__ __device__ inline int32_t decode_blocks_per_kv_head(const AttentionParams& p) {
+  return p.select_slot && p.select_per_query_head ? p.num_heads / p.num_kv_heads : 1;
+}
 
 // One KV head's keys and values for one sequence: the pool of its kind, the sequence's page
 // table in that pool, and the head's index among the pool's heads.

@@ -8,6 +8,9 @@
 // merged through shared memory; a sequence of one split writes its output directly, otherwise
 // the split writes its normalized output and log-sum-exp for attention_decode_merge.
 // Decode is bound by reading K and V; the MMAs (16 rows, G of them real) are not the limit.
+// With one page selection per query head (LServe's granularity), a selecting retrieval head has
+// a block per query head, each reading its own pages as a one-row tile: up to G times the bytes
+// of the shared selection, which is why the shared one is our default.
 //
 // Versions measured (H100 80GB HBM3, bench/cuda/attention_timing, Llama-3-8B heads 32/8, d 128;
 // copy bandwidth measured at 2980 GB/s read + write):
@@ -40,10 +43,12 @@ constexpr size_t decode_smem_bytes() {
   return static_cast<size_t>(16 + 4 * kKeys) * (D + 8) * sizeof(bf16);  // Q, 2 x (K, V)
 }
 
-// One split of one sequence for one KV head, over the keys `tiles` gives.
+// One split of one sequence for query heads head0 .. head0 + rows - 1 of one KV head (its whole
+// group, or one head that selected its own pages), over the keys `tiles` gives.
 template <int D, class Tiles>
 __device__ void decode_split(const AttentionParams& p, const DecodeItem item, const Tiles tiles, const HeadKv hv,
-                             float* __restrict__ partial_o, float* __restrict__ partial_lse, unsigned char* smem) {
+                             const int head0, const int rows, float* __restrict__ partial_o,
+                             float* __restrict__ partial_lse, unsigned char* smem) {
   constexpr int kStride = D + 8, DT = D / 8;
   static_assert(static_cast<size_t>(kWarps) * 16 * (D + 2) * sizeof(float) <= 4 * kKeys * kStride * sizeof(bf16),
                 "the warp states must fit in the K/V tiles' shared memory");
@@ -51,13 +56,12 @@ __device__ void decode_split(const AttentionParams& p, const DecodeItem item, co
   bf16* sk = sq + 16 * kStride;
   bf16* sv = sk + 2 * kKeys * kStride;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int kvh = blockIdx.y, G = p.num_heads / p.num_kv_heads;
   const int32_t t = p.query_start[item.seq];  // the sequence's one new token
 
   for (int c = threadIdx.x; c < 16 * (D / 8); c += kThreads) {
     const int r = c / (D / 8), ch = c % (D / 8);
-    const bool valid = r < G;
-    const bf16* src = valid ? p.q + (int64_t{t} * p.num_heads + kvh * G + r) * D + ch * 8 : p.q;
+    const bool valid = r < rows;
+    const bf16* src = valid ? p.q + (int64_t{t} * p.num_heads + head0 + r) * D + ch * 8 : p.q;
     tile::cp_async_16(sq + r * kStride + ch * 8, src, valid);
   }
   const int32_t n = tiles.count();
@@ -119,7 +123,7 @@ __device__ void decode_split(const AttentionParams& p, const DecodeItem item, co
     }
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
+  for (int idx = threadIdx.x; idx < rows * D; idx += kThreads) {
     const int r = idx / D, d = idx % D;
     float mx = -INFINITY;
     for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, wm[w * 16 + r]);
@@ -129,7 +133,7 @@ __device__ void decode_split(const AttentionParams& p, const DecodeItem item, co
       lsum += wl[w * 16 + r] * f;
       acc += wo[(w * 16 + r) * D + d] * f;
     }
-    const int head = kvh * G + r;
+    const int head = head0 + r;
     if (mx == -INFINITY && item.partial >= 0) {  // a streaming head's split outside its window: empty
       partial_o[(int64_t{item.partial} * p.num_heads + head) * D + d] = 0.0f;
       if (d == 0) partial_lse[int64_t{item.partial} * p.num_heads + head] = -INFINITY;
@@ -152,9 +156,13 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams 
   extern __shared__ __align__(16) unsigned char smem[];
   if (static_cast<int32_t>(blockIdx.x) >= *num_items) return;  // past this step's items (a recorded grid)
   const DecodeItem item = items[blockIdx.x];
-  const HeadKv hv = head_kv(p, blockIdx.y, item.seq);
+  const int per_kv = decode_blocks_per_kv_head(p), G = p.num_heads / p.num_kv_heads;
+  const int kvh = static_cast<int>(blockIdx.y) / per_kv, sub = static_cast<int>(blockIdx.y) % per_kv;
+  const bool own_list = per_kv > 1 && item.selected && p.heads.slot[kvh] >= 0;  // one query head, its own pages
+  if (sub > 0 && !own_list) return;  // the group's first block serves all its heads
+  const HeadKv hv = head_kv(p, kvh, item.seq);
   const int32_t len = p.seq_lens[item.seq];
-  if (p.heads.slot[blockIdx.y] < 0) {  // a streaming head reads the split's keys in its window only
+  if (p.heads.slot[kvh] < 0) {  // a streaming head reads the split's keys in its window only
     const bool decoding = p.decoding && p.decoding[item.seq];
     // A selecting sequence's items are page-list entries: the streaming head's whole window
     // goes with the first item, none with the others.
@@ -163,16 +171,18 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams 
     const auto tiles = tile::WindowedRangeTiles<kKeys>::make(
         first, last, decoding ? p.windows.decode_sink : p.windows.prefill_sink,
         decoding ? p.windows.decode_local : p.windows.prefill_local, len - 1);
-    decode_split<D>(p, item, tiles, hv, partial_o, partial_lse, smem);
-  } else if (item.selected) {  // a retrieval head's split of its page list
-    const int32_t unit = p.select_slot[item.seq] * p.num_kv_heads + static_cast<int32_t>(blockIdx.y);
+    decode_split<D>(p, item, tiles, hv, kvh * G, G, partial_o, partial_lse, smem);
+  } else if (item.selected) {  // a retrieval head's split of its page list (or one query head's)
+    const int32_t units = own_list ? p.num_heads : p.num_kv_heads;
+    const int32_t unit = p.select_slot[item.seq] * units + (own_list ? kvh * G + sub : kvh);
     const int32_t count = p.select_counts[unit];
     const tile::PageListTiles<kKeys> tiles{p.select_pages + static_cast<int64_t>(unit) * p.select_capacity,
                                            min(item.key_begin, count), min(item.key_end, count), p.page_size, len};
-    decode_split<D>(p, item, tiles, hv, partial_o, partial_lse, smem);
-  } else {
-    decode_split<D>(p, item, tile::KeyRangeTiles<kKeys>{item.key_begin, item.key_end}, hv, partial_o, partial_lse,
+    decode_split<D>(p, item, tiles, hv, own_list ? kvh * G + sub : kvh * G, own_list ? 1 : G, partial_o, partial_lse,
                     smem);
+  } else {
+    decode_split<D>(p, item, tile::KeyRangeTiles<kKeys>{item.key_begin, item.key_end}, hv, kvh * G, G, partial_o,
+                    partial_lse, smem);
   }
 }
 
@@ -221,8 +231,9 @@ void launch(const AttentionParams& p, const DecodeItem* items, const int32_t* nu
     return true;
   }();
   (void)attribute_set;
-  decode_kernel<D><<<dim3(static_cast<unsigned>(grid_items), static_cast<unsigned>(p.num_kv_heads)), kThreads, smem,
-                     stream>>>(p, items, partial_o, partial_lse, num_items);
+  const auto blocks_y = static_cast<unsigned>(p.num_kv_heads * decode_blocks_per_kv_head(p));
+  decode_kernel<D><<<dim3(static_cast<unsigned>(grid_items), blocks_y), kThreads, smem, stream>>>(
+      p, items, partial_o, partial_lse, num_items);
   LSERVE_CUDA_CHECK_LAUNCH();
 }
 

@@ -481,20 +481,20 @@ class CudaBackend final : public Backend {
   // backend's per-step read statistics, kv_tokens_read, are not kept on the GPU yet.)
   void end_step(const AttentionBatch& batch) override {
     if (!sel_.planned || sel_.slots == 0) return;
-    const int32_t L = sel_.num_layers, Hk = sel_.num_kv_heads, S = sel_.slots, cap = sel_.capacity;
-    const size_t counts = static_cast<size_t>(L) * S * Hk;
+    const int32_t L = sel_.num_layers, U = sel_.num_units, S = sel_.slots, cap = sel_.capacity;
+    const size_t counts = static_cast<size_t>(L) * S * U;
     if (!sel_.fresh.empty()) {
       LSERVE_CUDA_CHECK(cudaMemcpyAsync(sel_.lists_host.data(), sel_counts_dev_,
                                         (counts + counts * static_cast<size_t>(cap)) * sizeof(int32_t),
                                         cudaMemcpyDeviceToHost, stream_));
       LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     }
-    for (const auto& [b, layer, h] : sel_.fresh) {
+    for (const auto& [b, layer, u] : sel_.fresh) {
       SequenceKv& seq = *batch.sequences[static_cast<size_t>(b)];
-      const size_t unit = (static_cast<size_t>(layer) * S + static_cast<size_t>(sel_.seq_slot[static_cast<size_t>(b)])) * Hk +
-                          static_cast<size_t>(h);
+      const size_t unit = (static_cast<size_t>(layer) * S + static_cast<size_t>(sel_.seq_slot[static_cast<size_t>(b)])) * U +
+                          static_cast<size_t>(u);
       const int32_t* list = sel_.lists_host.data() + counts + unit * static_cast<size_t>(cap);
-      PageSelection& ps = seq.selections[static_cast<size_t>(layer * Hk + h)];
+      PageSelection& ps = seq.selections[static_cast<size_t>(layer * U + u)];
       ps.pages.assign(list, list + sel_.lists_host[unit]);
       ps.decode_step = seq.decode_steps;
       ps.num_pages_then = (batch.seq_lens[b] + sel_page_size_ - 1) / sel_page_size_;
@@ -536,15 +536,14 @@ class CudaBackend final : public Backend {
       begin_step(batch, AttentionHeads{});
   }
 
-  // Which decoding sequences select pages this step, and for each (layer, retrieval KV head)
-  // whether its selection is made now on the device (a job) or reused (its list written here:
-  // the selected pages, then every page newer than the selection, as the host selector reads).
+  // Which decoding sequences select pages this step, and for each (layer, selection unit: a
+  // retrieval KV head, or one of its query heads) whether its selection is made now on the
+  // device (a job) or reused (its list written here: the selected pages, then every page newer
+  // than the selection, as the host selector reads).
   void plan_selection(const AttentionBatch& batch, const KvCache& cache, int32_t num_heads) {
     if (!options_.gpu_selection)
       fail("page selection is not yet enabled on the CUDA backend (use --attention dense or streaming, or --device cpu)");
     LSERVE_CHECK(cache.logical_page_size() > 0, "page selection needs a KV cache with key summaries");
-    if (batch.sparsity && batch.sparsity->granularity != SelectionGranularity::KvHead)
-      fail("one selection per query head is not yet on the CUDA backend (use --selection kv)");
     if (options_.reference_attention || !cuda::fast_attention_supports(static_cast<int>(cache.head_dim())))
       fail("page selection on the GPU needs the tensor-core attention kernels (head_dim 16, 32, 64 or 128)");
     const int32_t B = batch.num_seqs(), L = static_cast<int32_t>(cache.num_layers());
@@ -553,11 +552,17 @@ class CudaBackend final : public Backend {
                  kDecodeMaxGroupForSelection);
     LSERVE_CHECK(cache.head_dim() <= cuda::kSelectMaxHeadDim, "page selection on the GPU takes head dims up to {}",
                  cuda::kSelectMaxHeadDim);
+    LSERVE_CHECK(P / cache.logical_page_size() <= cuda::kSelectMaxLogicalPerPage,
+                 "page selection on the GPU takes at most {} logical pages per page", cuda::kSelectMaxLogicalPerPage);
     StepSelection& sel = sel_;
     sel = StepSelection{};
     sel.planned = true;
     sel.num_layers = L;
-    sel.num_kv_heads = Hk;
+    // Granularity is the cache's (the batch's), whatever policy a sequence runs.
+    sel.per_query_head = batch.sparsity && batch.sparsity->granularity == SelectionGranularity::QueryHead;
+    sel.group = G;
+    sel.num_units = sel.per_query_head ? num_heads : Hk;
+    const int32_t U = sel.num_units;
     sel.entries_per_split = std::max(1, cuda::kDecodeListKeys / P);
     sel.seq_slot.assign(static_cast<size_t>(B), -1);
     sel.list_splits.assign(static_cast<size_t>(B), 0);
@@ -580,7 +585,7 @@ class CudaBackend final : public Backend {
     }
     if (sel.slots == 0) return;
     const int32_t S = sel.slots, cap = sel.capacity;
-    const size_t counts = static_cast<size_t>(L) * S * Hk;
+    const size_t counts = static_cast<size_t>(L) * S * U;
     sel.lists_host.assign(counts + counts * static_cast<size_t>(cap), 0);
     size_t scratch_layer = 0;
     for (int32_t l = 0; l < L; ++l) {
@@ -591,22 +596,24 @@ class CudaBackend final : public Backend {
         if (slot < 0) continue;
         const SparsityConfig& s = *batch.sparsity_of(b);
         SequenceKv& seq = *batch.sequences[static_cast<size_t>(b)];
-        if (seq.selections.size() < static_cast<size_t>(L * Hk)) seq.selections.resize(static_cast<size_t>(L * Hk));
+        if (seq.selections.size() < static_cast<size_t>(L * U)) seq.selections.resize(static_cast<size_t>(L * U));
         const int32_t len = batch.seq_lens[b], num_pages = (len + P - 1) / P;
         const BudgetRule rule = budget_rule(s);
-        for (int32_t h = 0; h < Hk; ++h) {
+        for (int32_t u = 0; u < U; ++u) {
+          const int32_t h = sel.per_query_head ? u / G : u;  // the unit's KV head
           const HeadSlot hs = cache.slot(l, h);
           if (hs.kind != HeadKind::Retrieval) continue;
-          const size_t unit = (static_cast<size_t>(l) * S + static_cast<size_t>(slot)) * Hk + static_cast<size_t>(h);
-          const PageSelection& ps = seq.selections[static_cast<size_t>(l * Hk + h)];
-          // Every unit has a job, so that a layer's grid stays the same from a step that selects
-          // to one that reuses (a recorded step replays either); only fresh ones are active.
+          const size_t unit = (static_cast<size_t>(l) * S + static_cast<size_t>(slot)) * U + static_cast<size_t>(u);
+          const PageSelection& ps = seq.selections[static_cast<size_t>(l * U + u)];
+          // Every unit has a job, so that a layer's grid is the same in every step that selects,
+          // whichever sequences select afresh (a recorded step replays any of them); only the
+          // fresh ones are active. Steps that only reuse launch no selector (recorded apart).
           const bool fresh = ps.decode_step < 0 || seq.decode_steps - ps.decode_step >= s.selector_interval;
           {
             cuda::SelectJob j{};
             j.q_row = batch.query_start[b];
-            j.head0 = h * G;
-            j.num_heads = G;
+            j.head0 = sel.per_query_head ? u : h * G;
+            j.num_heads = sel.per_query_head ? 1 : G;
             j.pool_index = hs.index;
             j.pages_begin = batch.page_indptr[b];
             j.num_pages = num_pages;
@@ -618,11 +625,12 @@ class CudaBackend final : public Backend {
             j.count_index = static_cast<int32_t>(unit);
             j.scratch = static_cast<int32_t>(scratch_at / 16);
             j.active = fresh ? 1 : 0;
-            if (fresh) scratch_at += cuda::select_scratch_bytes(G, num_pages);
+            if (fresh)
+              scratch_at += cuda::select_scratch_bytes(j.num_heads, num_pages, P / cache.logical_page_size(), j.max_pages);
             sel.jobs.push_back(j);
           }
           if (fresh) {
-            sel.fresh.push_back({b, l, h});
+            sel.fresh.push_back({b, l, u});
             continue;
           }
           int32_t* list = sel.lists_host.data() + counts + unit * static_cast<size_t>(cap);
@@ -665,11 +673,11 @@ class CudaBackend final : public Backend {
 
   // This layer's fresh selections, then the attention params that read the lists.
   void run_selection(const KvCache& cache, int64_t layer, const Tensor& q, float scale, cuda::AttentionParams& p) {
-    const int32_t S = sel_.slots, Hk = sel_.num_kv_heads, cap = sel_.capacity;
-    const size_t counts = static_cast<size_t>(sel_.num_layers) * S * Hk;
+    const int32_t S = sel_.slots, U = sel_.num_units, cap = sel_.capacity;
+    const size_t counts = static_cast<size_t>(sel_.num_layers) * S * U;
     const int32_t j0 = sel_.layer_job_begin[static_cast<size_t>(layer)];
     const int32_t j1 = sel_.layer_job_begin[static_cast<size_t>(layer) + 1];
-    if (j1 > j0) {
+    if (j1 > j0 && !sel_.fresh.empty()) {  // a step that only reuses selections launches no selector
       cuda::SelectParams sp{};
       sp.q = bf16_of(q);
       sp.num_heads = p.num_heads;
@@ -687,9 +695,10 @@ class CudaBackend final : public Backend {
       cuda::select_pages(sp, sel_jobs_dev_ + j0, j1 - j0, stream_);
     }
     p.select_slot = sel_slot_dev_;
-    p.select_counts = sel_counts_dev_ + static_cast<size_t>(layer) * S * Hk;
-    p.select_pages = sel_pages_dev_ + counts + static_cast<size_t>(layer) * S * Hk * static_cast<size_t>(cap);
+    p.select_counts = sel_counts_dev_ + static_cast<size_t>(layer) * S * U;
+    p.select_pages = sel_pages_dev_ + counts + static_cast<size_t>(layer) * S * U * static_cast<size_t>(cap);
     p.select_capacity = cap;
+    p.select_per_query_head = sel_.per_query_head ? 1 : 0;
   }
 
   // The attention plan of this step for a GQA group size, built and uploaded once per step.
@@ -752,6 +761,8 @@ class CudaBackend final : public Backend {
     mix(reinterpret_cast<uintptr_t>(select_device_.data()));
     mix(reinterpret_cast<uintptr_t>(select_scratch_.data()));
     mix(static_cast<uint64_t>(sel_.slots) << 32 ^ static_cast<uint64_t>(sel_.capacity));
+    mix(static_cast<uint64_t>(sel_.per_query_head));
+    mix(sel_.fresh.empty() ? 0 : 1);  // steps that select and steps that only reuse record apart
     for (int32_t b : sel_.layer_job_begin) mix(static_cast<uint64_t>(b));  // jobs per layer (fixed per batch)
     mix(static_cast<uint64_t>(plan_counts_.prefill));
     mix(static_cast<uint64_t>(plan_counts_.decode_capacity));
@@ -812,11 +823,13 @@ class CudaBackend final : public Backend {
   // host, fresh ones by the select kernel of their layer and read back in end_step.
   struct StepSelection {
     bool planned = false;
-    int32_t slots = 0, capacity = 0, entries_per_split = 1, num_layers = 0, num_kv_heads = 0;
+    int32_t slots = 0, capacity = 0, entries_per_split = 1, num_layers = 0;
+    bool per_query_head = false;  // one selection per query head (units: the layer's query heads)
+    int32_t group = 1, num_units = 0;  // query heads per KV head; selection units per layer
     std::vector<int32_t> seq_slot, list_splits;  // [B]
     std::vector<int32_t> layer_job_begin;        // [layers + 1]
     std::vector<cuda::SelectJob> jobs;
-    std::vector<std::array<int32_t, 3>> fresh;   // (seq, layer, kv head) of each job
+    std::vector<std::array<int32_t, 3>> fresh;   // (seq, layer, unit) of each fresh job
     std::vector<int32_t> lists_host;             // counts, then pages (the host's part)
     size_t scratch_bytes = 0;
   };

@@ -20,9 +20,9 @@ struct CudaBackendOptions {
   // Record decode steps as CUDA graphs and replay them (Backend::run_step); off runs every
   // launch from the host, for debugging and comparison.
   bool graphs = true;
-  // Page selection (quest, psa, lserve) on the GPU: off until the GPU selector has been checked
-  // against the host's on the device; off, those policies are refused with a clear error.
-  bool gpu_selection = false;
+  // Page selection (quest, psa, lserve) on the GPU. Off refuses those policies with a clear
+  // error (a switch for bisecting a problem to the selector).
+  bool gpu_selection = true;
 };
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);

@@ -6,8 +6,9 @@
 //      over its heads (in double, as on the host);
 //   3. keep the first and the last page, then pages by descending mass (ties: lower index) up to
 //      the budget, or, under PSA, until the kept mass reaches the threshold within its bounds.
-// A context of no more pages than a fixed budget keeps every page. One block per job; the
-// scores, masses and the sort live in a scratch buffer the caller sizes (select_scratch_bytes).
+// A context of no more pages than a fixed budget keeps every page. The scores, masses and
+// large sorts live in a scratch buffer the caller sizes per job (select_scratch_bytes); a job's
+// work is spread over many blocks, so one sequence's selection fills the GPU.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -20,6 +21,7 @@ namespace lserve::cuda {
 
 inline constexpr int kSelectMaxHeads = 16;    // query heads per unit (a KV head's group)
 inline constexpr int kSelectMaxHeadDim = 256;
+inline constexpr int kSelectMaxLogicalPerPage = 64;  // page_size / logical_page_size
 
 // One (decoding sequence, selection unit) whose pages are picked now.
 struct SelectJob {
@@ -52,9 +54,10 @@ struct SelectParams {
   unsigned char* scratch;
 };
 
-// Scratch one job needs (16-byte aligned): scores [heads][pages] f32, mass [pages] f64 and the
-// sort's (mass, index) pairs over the next power of two.
-size_t select_scratch_bytes(int32_t num_heads, int32_t num_pages);
+// Scratch one job needs (16-byte aligned): scores [heads][pages] f32, per-chunk maxima and
+// partial sums, mass [pages] f64, and for budgets of more than 2048 candidates their sort.
+// logical_per_page: page_size / logical_page_size; max_pages: the job's budget in pages.
+size_t select_scratch_bytes(int32_t num_heads, int32_t num_pages, int32_t logical_per_page, int32_t max_pages);
 
 void select_pages(const SelectParams& p, const SelectJob* jobs, int32_t num_jobs, cudaStream_t stream);
 
