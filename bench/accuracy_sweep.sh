@@ -37,6 +37,7 @@ configs=(
   "lserve_b1024_flat64|8k|--attention lserve --token-budget 1024 --logical-page-size 64"
   "lserve_b1024_interval1|8k|--attention lserve --token-budget 1024 --selector-interval 1"
   "lserve_b1024_interval16|8k|--attention lserve --token-budget 1024 --selector-interval 16"
+  "lserve_b1024_perquery|8k|--attention lserve --token-budget 1024 --selection query"
   "streaming_ratio0.75|8k|--attention streaming --streaming-ratio 0.75"
   "dense_x4|8kx4|--attention dense"
   "lserve_b1024_x4|8kx4|--attention lserve --token-budget 1024"

@@ -66,6 +66,17 @@ else
   status=1
 fi
 
+# ---- the default policy on the GPU: a prompt past the prefill window runs lserve ----
+if "$build/lserve" eval --device cuda --task passkey,niah --lengths 12288 --depths 0,0.5,1 --samples 1 --json \
+     >"$logs/eval_auto.json" 2>"$logs/eval_auto.log" &&
+   grep -q -- "--attention auto: lserve" "$logs/eval_auto.log"; then
+  note "lserve eval --device cuda at 12K (auto: lserve): $(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print("%d/%d correct, policy %s" % (r["correct"], r["total"], r["attention"]["policy"]))' "$logs/eval_auto.json")"
+else
+  tail -5 "$logs/eval_auto.log"
+  note "lserve eval --device cuda at 12K with --attention auto: FAILED (or auto did not pick lserve)"
+  status=1
+fi
+
 # ---- compute-sanitizer ----
 if [ "$sanitize" -eq 1 ]; then
   run_tool() {  # tool, gtest filter

@@ -33,6 +33,8 @@ PY
 else
   fail "eval --json exited $?: $(tail -3 "$tmp/err.txt")"
 fi
+# The default policy is auto, which stays dense on the CPU and says so.
+grep -q -- "--attention auto: dense (not on the GPU)" "$tmp/err.txt" || fail "no auto-policy line in: $(grep -m2 attention "$tmp/err.txt")"
 
 # 2. The table.
 out=$("$lserve" eval --model "$model" --task niah --lengths 1K --depths 0.5 --samples 1 2>/dev/null)

@@ -234,8 +234,9 @@ class CudaBackend final : public Backend {
       return;
     }
     const uint64_t layout = buffer_layout();
+    const int variant = sel_.fresh.empty() ? 0 : 1;  // a step that selects pages, or one that reuses them
     for (RecordedStep& r : recorded_) {
-      if (r.key == key && r.layout == layout) {
+      if (r.key == key && r.variant == variant && r.layout == layout) {
         LSERVE_CUDA_CHECK(cudaGraphLaunch(r.exec, stream_));
         ++step_stats_.replayed;
         return;
@@ -261,12 +262,12 @@ class CudaBackend final : public Backend {
     const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     LSERVE_CUDA_CHECK(err);
-    std::erase_if(recorded_, [&](const RecordedStep& r) {
-      if (r.key != key) return false;
+    std::erase_if(recorded_, [&](const RecordedStep& r) {  // this variant's stale recording
+      if (r.key != key || r.variant != variant) return false;
       cudaGraphExecDestroy(r.exec);
       return true;
     });
-    recorded_.push_back({key, layout, exec});
+    recorded_.push_back({key, variant, layout, exec});
     ++step_stats_.recorded;
     LSERVE_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
   }
@@ -762,7 +763,6 @@ class CudaBackend final : public Backend {
     mix(reinterpret_cast<uintptr_t>(select_scratch_.data()));
     mix(static_cast<uint64_t>(sel_.slots) << 32 ^ static_cast<uint64_t>(sel_.capacity));
     mix(static_cast<uint64_t>(sel_.per_query_head));
-    mix(sel_.fresh.empty() ? 0 : 1);  // steps that select and steps that only reuse record apart
     for (int32_t b : sel_.layer_job_begin) mix(static_cast<uint64_t>(b));  // jobs per layer (fixed per batch)
     mix(static_cast<uint64_t>(plan_counts_.prefill));
     mix(static_cast<uint64_t>(plan_counts_.decode_capacity));
@@ -809,6 +809,7 @@ class CudaBackend final : public Backend {
   // Recorded steps (CUDA graphs), one per key; few shapes recur (one per decode batch size).
   struct RecordedStep {
     StepKey key;
+    int variant;  // the same step shape selecting pages afresh (1) or only reusing them (0)
     uint64_t layout;
     cudaGraphExec_t exec;
   };
