@@ -3,7 +3,7 @@
 # one `lserve eval --json --png` per configuration into bench/results/accuracy/NAME.{json,png},
 # then bench/accuracy_table.py turns each grid's files into a Markdown table. Configurations
 # already measured are skipped (delete a file to rerun it); ACCURACY_ONLY="name1 name2" runs
-# just those.   bash bench/accuracy_sweep.sh      # ~100 minutes on 2 cores
+# just those.   bash bench/accuracy_sweep.sh      # about 3 hours on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench/results/accuracy
@@ -15,6 +15,7 @@ common=(--prefill-local 256 --seed 11)
 grid_8k=(--task passkey,niah,multikey,kv --lengths 4096,8192 --depths 0,0.25,0.5,0.75,1 --samples 1)
 grid_8kx4=(--task passkey,niah,multikey,kv --lengths 4096,8192 --depths 0,0.25,0.5,0.75,1 --samples 4)
 grid_16k=(--task passkey,niah --lengths 16384 --depths 0,0.5,1 --samples 1)
+grid_16kmk=(--task multikey,kv --lengths 16384 --depths 0,0.5,1 --samples 1)
 
 # name | grid | flags (the model folder's profiled head_pattern.txt is used unless a pattern is
 # given; the random patterns are `lserve profile-heads --random SEED --out FILE`, same ratio)
@@ -41,6 +42,11 @@ configs=(
   "streaming_ratio0.75|8k|--attention streaming --streaming-ratio 0.75"
   "dense_x4|8kx4|--attention dense"
   "lserve_b1024_x4|8kx4|--attention lserve --token-budget 1024"
+  "quest_b1024_x4|8kx4|--attention quest --token-budget 1024"
+  "streaming_x4|8kx4|--attention streaming"
+  "psa_x4|8kx4|--attention psa --psa-mass 0.9 --psa-min-budget 512 --psa-max-budget 4096"
+  "dense_16kmk|16kmk|--attention dense"
+  "lserve_b1024_16kmk|16kmk|--attention lserve --token-budget 1024"
 )
 for entry in "${configs[@]}"; do
   IFS='|' read -r name grid flagtext <<<"$entry"
@@ -50,6 +56,7 @@ for entry in "${configs[@]}"; do
   case "$grid" in
     16k) g=("${grid_16k[@]}") ;;
     8kx4) g=("${grid_8kx4[@]}") ;;
+    16kmk) g=("${grid_16kmk[@]}") ;;
     *) g=("${grid_8k[@]}") ;;
   esac
   echo "$name: lserve eval ${common[*]} ${g[*]} ${flags[*]}"
@@ -58,9 +65,10 @@ for entry in "${configs[@]}"; do
 done
 shopt -s nullglob
 files_16k=("$out"/*_16k.json)
+files_16kmk=("$out"/*_16kmk.json)
 files_x4=("$out"/*_x4.json)
 files_8k=()
-for f in "$out"/*.json; do [[ $f == *_16k.json || $f == *_x4.json ]] || files_8k+=("$f"); done
+for f in "$out"/*.json; do [[ $f == *_16k.json || $f == *_16kmk.json || $f == *_x4.json ]] || files_8k+=("$f"); done
 {
   echo "#### 4K and 8K tokens (passkey, niah, multikey, kv; 40 samples a row)"; echo
   python3 bench/accuracy_table.py "${files_8k[@]}" | sed '$d' | sed '$d'
@@ -71,6 +79,10 @@ for f in "$out"/*.json; do [[ $f == *_16k.json || $f == *_x4.json ]] || files_8k
   if ((${#files_16k[@]})); then
     echo; echo "#### 16K tokens (passkey and niah; 6 samples a row)"; echo
     python3 bench/accuracy_table.py "${files_16k[@]}" | sed '$d' | sed '$d'
+  fi
+  if ((${#files_16kmk[@]})); then
+    echo; echo "#### 16K tokens (multikey and kv; 6 samples a row)"; echo
+    python3 bench/accuracy_table.py "${files_16kmk[@]}" | sed '$d' | sed '$d'
   fi
 } > "$out/table.md"
 cat "$out/table.md"

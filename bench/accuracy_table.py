@@ -20,6 +20,8 @@ def describe(att):
         parts.append(f"mass {att['psa_mass']}, {att['psa_min_budget']}-{att['psa_max_budget']} tokens")
     if "logical_page_size" in att:
         parts.append(f"pages {att['logical_page_size']}/{att['page_size']}, interval {att['selector_interval']}")
+        if att.get("selection") == "query":
+            parts.append("one selection per query head")
     return "; ".join(parts)
 
 

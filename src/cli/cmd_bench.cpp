@@ -207,6 +207,32 @@ void print_header(const BenchOptions& o) {
                 "ms/step");
 }
 
+// KV memory of the sequence just run, from the cache's own accounting: what it held at the end
+// under the policy and what the dense layout would hold, and how many tokens of one sequence a
+// GiB of KV memory takes either way (the largest context that fits on a device is that times
+// the memory left after the weights). Streaming heads hold a constant window per sequence.
+void report_kv(const BenchOptions& o, const LoadedModel& m, const KvCache& cache, CsvOut& csv, int64_t n,
+               const GenerationResult& res) {
+  const int64_t tokens = res.prompt_tokens + static_cast<int64_t>(res.tokens.size());
+  const int64_t P = cache.page_size();
+  const size_t ret_page = cache.bytes_per_page(HeadKind::Retrieval);
+  const size_t dense_page = KvCache::bytes_per_page(m.model->config(), P, cache.dtype());
+  const double held = static_cast<double>(res.kv_bytes);
+  const double dense = static_cast<double>(res.kv_retrieval_pages) * static_cast<double>(dense_page);
+  const double window = held - static_cast<double>(res.kv_retrieval_pages) * static_cast<double>(ret_page);  // streaming pool
+  const double gib = 1024.0 * 1024.0 * 1024.0;
+  const double per_gib = ret_page > 0 ? (gib - window) / static_cast<double>(ret_page) * static_cast<double>(P) : 0.0;
+  const double dense_per_gib = gib / static_cast<double>(dense_page) * static_cast<double>(P);
+  std::fprintf(stderr,
+               "[lserve] KV held by one sequence of %lld tokens: %.1f MiB (%s; the dense layout: %.1f MiB, %.2fx); "
+               "one GiB of KV holds %.0f tokens of one sequence (dense: %.0f)\n",
+               static_cast<long long>(tokens), held / 1048576.0, o.model.policy.c_str(), dense / 1048576.0,
+               held > 0 ? dense / held : 0.0, per_gib, dense_per_gib);
+  csv.row("kv_bytes_per_sequence", n, 1, held, "bytes");
+  csv.row("kv_tokens_per_gib", n, 1, per_gib, "tokens");
+  csv.row("kv_tokens_per_gib_dense", n, 1, dense_per_gib, "tokens");
+}
+
 void run_single(const BenchOptions& o, LoadedModel& m, CsvOut& csv) {
   const int64_t longest = *std::max_element(o.prompt_tokens.begin(), o.prompt_tokens.end());
   auto cache = make_kv_cache(m, o.model, longest + o.decode_tokens, 1, o.prefill_chunk);
@@ -219,17 +245,20 @@ void run_single(const BenchOptions& o, LoadedModel& m, CsvOut& csv) {
   for (int64_t n : o.prompt_tokens) {
     std::vector<double> prefill, decode;
     const int64_t wn = o.warmup_tokens > 0 ? std::min(n, o.warmup_tokens) : n;
+    GenerationResult last;
     for (int r = 0; r < o.warmup + o.repeats; ++r) {  // warm-up runs fill caches and start threads
       GenerationRequest req;
       req.prompt = random_prompt(r < o.warmup ? wn : n, rng, vocab);
       req.max_tokens = o.decode_tokens;
       req.ignore_eos = true;
-      const GenerationResult res = gen.run(req, nullptr);
+      GenerationResult res = gen.run(req, nullptr);
       if (r < o.warmup) continue;
       prefill.push_back(static_cast<double>(n) / res.prefill_seconds);
       if (res.decode_steps) decode.push_back(static_cast<double>(res.decode_steps) / res.decode_seconds);
+      last = std::move(res);
     }
     report(o, csv, n, median(prefill), median(decode));
+    report_kv(o, m, *cache, csv, n, last);
   }
 }
 

@@ -138,6 +138,7 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
   result.decode_seconds = seconds_since(t1);
   if (result.decode_steps) result.mean_kv_tokens_read = kv_read_sum / static_cast<double>(result.decode_steps);
   result.kv_bytes = cache_.sequence_bytes(seq.seq);
+  result.kv_retrieval_pages = static_cast<int64_t>(seq.seq.retrieval.pages.size());
   return result;
 }
 

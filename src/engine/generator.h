@@ -40,7 +40,8 @@ struct GenerationResult {
   // Mean over decode steps of the KV tokens each (layer, query head) attended to: the context
   // length under dense attention, about the budget under page selection.
   double mean_kv_tokens_read = 0;
-  size_t kv_bytes = 0;  // KV the sequence held at the end (both pools)
+  size_t kv_bytes = 0;            // KV the sequence held at the end (both pools)
+  int64_t kv_retrieval_pages = 0;  // of which pages in the retrieval pool (every position)
 };
 
 class Generator {
