@@ -1,9 +1,10 @@
 // The GPU page selector (backend/cuda/page_select.h) against the host's (sparse/page_selector.h)
-// on long contexts, kernel by kernel: thousands of pages spread over many blocks per job, pages
-// whose summaries are identical (exact ties, broken by the lower index), PSA stopping before its
-// budget, a budget of more candidates than the pick sorts in shared memory, a partial last page,
-// a job that keeps every page, and an inactive job that must write nothing. The lists and counts
-// must be the host's exactly.
+// on long contexts: up to 16000 pages (every kernel striding over its chunks), pages whose
+// summaries are identical (exact ties, broken by the lower index), PSA stopping on its mass and
+// on its bound, a budget of more candidates than the pick sorts in shared memory, a budget of
+// two pages, groups of 1 to 16 heads, a partial last page whose unused rows would win if read,
+// one-token logical pages, a job that keeps every page, and an inactive job. The lists and counts
+// must be the host's exactly, and nothing may be written past a list.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
@@ -40,14 +41,18 @@ struct JobCase {
   BudgetRule rule;  // mass_threshold < 0: halfway between keeping the top 100 other pages and 101
   bool duplicate_pages;  // the page table repeats physical pages: exact ties
   bool active = true;
+  int32_t q_row = 0;
 };
 
-TEST(CudaPageSelect, LongContextsMatchTheHostSelector) {
-  LSERVE_SKIP_WITHOUT_GPU();
-  const uint32_t seed = test::fresh_seed();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
-  std::mt19937 rng(seed);
-  constexpr int32_t kHeads = 16, D = 128, P = 64, LP = 16, per_page = P / LP, pool_heads = 3, pool_pages = 6000;
+// One launch of the selector over `cases` (jobs of one batch) on a random pool of key summaries
+// with page_size P and logical pages LP; every list and count must be the host selector's.
+// Each case reads its own pages of the pool (in random order), so one case's unused rows are
+// no other case's data.
+void expect_host_picks(int32_t P, int32_t LP, const std::vector<JobCase>& cases, std::mt19937& rng) {
+  constexpr int32_t kHeads = 16, kRows = 2, D = 128, pool_heads = 3;
+  const int32_t per_page = P / LP;
+  int32_t pool_pages = 0;
+  for (const JobCase& c : cases) pool_pages += c.duplicate_pages ? std::min(c.num_pages, 97) : c.num_pages;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
 
   // Key summaries of a pool: per (page, head, logical row) a min and a max per channel.
@@ -57,34 +62,39 @@ TEST(CudaPageSelect, LongContextsMatchTheHostSelector) {
     const auto a = test::random_bf16(kmin.size(), rng, 2.0f), b = test::random_bf16(kmin.size(), rng, 2.0f);
     for (size_t i = 0; i < kmin.size(); ++i) kmin[i] = std::min(a[i], b[i]), kmax[i] = std::max(a[i], b[i]);
   }
-  const std::vector<float> q = test::random_bf16(static_cast<size_t>(kHeads) * D, rng, 1.5f);
+  const std::vector<float> q = test::random_bf16(static_cast<size_t>(kRows) * kHeads * D, rng, 1.5f);
 
-  const std::vector<JobCase> cases = {
-      {"budget 64 pages, 4 heads, 5000 pages", 4, 0, 0, 5000, 17, {64, 0, 0.0}, false},
-      {"one head (per query head), 3100 pages", 1, 7, 2, 3100, 64, {64, 0, 0.0}, false},
-      {"ties: repeated pages", 2, 4, 1, 2500, 1, {40, 0, 0.0}, true},
-      {"psa: stops on its mass, 8..300 pages", 4, 8, 1, 4000, 33, {300, 8, -1.0}, false},
-      {"psa: the upper bound binds", 2, 12, 0, 1200, 5, {20, 4, 0.999}, true},
-      {"2600 of 3000 pages: the sort in scratch", 2, 2, 2, 3000, 48, {2600, 0, 0.0}, false},
-      {"short: keeps every page", 4, 0, 0, 50, 10, {64, 0, 0.0}, false},
-      {"inactive", 4, 4, 1, 900, 64, {64, 0, 0.0}, false, false},
-  };
+  // Page tables first; the logical rows past each sequence's last token (which no selector may
+  // read) get summaries that would win every score if read.
+  std::vector<std::vector<int32_t>> tables;
+  std::vector<int32_t> ids(static_cast<size_t>(pool_pages));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  size_t next = 0;
+  for (const JobCase& c : cases) {
+    const size_t own = static_cast<size_t>(c.duplicate_pages ? std::min(c.num_pages, 97) : c.num_pages);
+    std::vector<int32_t> pages(static_cast<size_t>(c.num_pages));
+    for (int32_t i = 0; i < c.num_pages; ++i) pages[static_cast<size_t>(i)] = ids[next + static_cast<size_t>(i) % own];
+    next += own;
+    if (!c.duplicate_pages)  // (a repeated page is read whole where it is not the last one)
+      for (int32_t lp = (c.tail_tokens + LP - 1) / LP; lp < per_page; ++lp) {
+        const size_t row = (static_cast<size_t>(pages.back()) * pool_heads + static_cast<size_t>(c.pool_index)) * per_page + lp;
+        for (int32_t ch = 0; ch < D; ++ch) kmin[row * D + ch] = -64.0f, kmax[row * D + ch] = 64.0f;
+      }
+    tables.push_back(std::move(pages));
+  }
 
   std::vector<int32_t> page_table;
   std::vector<cuda::SelectJob> jobs;
   std::vector<std::vector<int32_t>> want;
   int32_t out_at = 0;
   size_t scratch_at = 0;
-  for (const JobCase& c : cases) {
-    std::vector<int32_t> pages(static_cast<size_t>(c.num_pages));
-    std::vector<int32_t> ids(pool_pages);
-    std::iota(ids.begin(), ids.end(), 0);
-    std::shuffle(ids.begin(), ids.end(), rng);
-    for (int32_t i = 0; i < c.num_pages; ++i)
-      pages[static_cast<size_t>(i)] = c.duplicate_pages ? ids[static_cast<size_t>(i % 97)] : ids[static_cast<size_t>(i)];
+  for (size_t ci = 0; ci < cases.size(); ++ci) {
+    const JobCase& c = cases[ci];
+    const std::vector<int32_t>& pages = tables[ci];
     const int32_t tokens = (c.num_pages - 1) * P + c.tail_tokens;
-    SelectorInputs in{q.data() + static_cast<size_t>(c.head0) * D, c.heads, D, kmin.data(), kmax.data(), pool_heads,
-                      c.pool_index, pages, tokens, P, LP, scale};
+    SelectorInputs in{q.data() + (static_cast<size_t>(c.q_row) * kHeads + static_cast<size_t>(c.head0)) * D,
+                      c.heads, D, kmin.data(), kmax.data(), pool_heads, c.pool_index, pages, tokens, P, LP, scale};
     const std::vector<double> mass = page_mass(score_pages(in), scale);
     BudgetRule rule = c.rule;
     if (rule.mass_threshold < 0) {  // far from both sums: the GPU's totals round differently
@@ -95,7 +105,7 @@ TEST(CudaPageSelect, LongContextsMatchTheHostSelector) {
     }
     want.push_back(pick_pages(mass, rule));
     cuda::SelectJob j{};
-    j.q_row = 0;
+    j.q_row = c.q_row;
     j.head0 = c.head0;
     j.num_heads = c.heads;
     j.pool_index = c.pool_index;
@@ -148,21 +158,58 @@ TEST(CudaPageSelect, LongContextsMatchTheHostSelector) {
   for (size_t i = 0; i < cases.size(); ++i) {
     SCOPED_TRACE(cases[i].name);
     const cuda::SelectJob& j = jobs[i];
+    const int32_t written = cases[i].active ? counts[i] : 0;
     if (!cases[i].active) {
       EXPECT_EQ(counts[i], -7) << "an inactive job wrote its count";
-      EXPECT_EQ(out[static_cast<size_t>(j.out)], -7) << "an inactive job wrote its list";
-      continue;
+    } else {
+      ASSERT_EQ(counts[i], static_cast<int32_t>(want[i].size()));
+      if (cases[i].rule.mass_threshold < 0) {
+        EXPECT_EQ(want[i].size(), 103u) << "PSA should stop on its mass";
+      }
+      const std::vector<int32_t> got(out.begin() + j.out, out.begin() + j.out + counts[i]);
+      EXPECT_EQ(got, want[i]);
     }
-    ASSERT_EQ(counts[i], static_cast<int32_t>(want[i].size()));
-    const std::vector<int32_t> got(out.begin() + j.out, out.begin() + j.out + counts[i]);
-    EXPECT_EQ(got, want[i]);
+    for (int32_t e = written; e < j.num_pages; ++e)
+      ASSERT_EQ(out[static_cast<size_t>(j.out + e)], -7) << "a write past the list, at entry " << e;
   }
-  // The PSA case must have stopped on its mass, not its bound, to test that rule.
-  EXPECT_EQ(want[3].size(), 103u);
   for (void* d : {static_cast<void*>(dq), static_cast<void*>(dkmin), static_cast<void*>(dkmax),
                   static_cast<void*>(dtable), static_cast<void*>(djobs), static_cast<void*>(dout),
                   static_cast<void*>(dcounts), static_cast<void*>(dscratch)})
     cudaFree(d);
+}
+
+TEST(CudaPageSelect, LongContextsMatchTheHostSelector) {
+  LSERVE_SKIP_WITHOUT_GPU();
+  const uint32_t seed = test::fresh_seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937 rng(seed);
+  const std::vector<JobCase> cases = {
+      {"16000 pages (1M tokens): every kernel strides over its chunks", 2, 0, 0, 16000, 40, {64, 0, 0.0}, false},
+      {"budget 64 pages, 4 heads, 5000 pages", 4, 0, 0, 5000, 17, {64, 0, 0.0}, false, true, 1},
+      {"one head (per query head), 3100 pages", 1, 7, 2, 3100, 64, {64, 0, 0.0}, false},
+      {"a whole group of 16 heads", 16, 0, 1, 2000, 3, {48, 0, 0.0}, false, true, 1},
+      {"ties: repeated pages", 2, 4, 1, 2500, 1, {40, 0, 0.0}, true},
+      {"psa: stops on its mass, 8..300 pages", 4, 8, 1, 4000, 33, {300, 8, -1.0}, false},
+      {"psa: the upper bound binds", 2, 12, 0, 1200, 5, {20, 4, 0.999}, true},
+      {"2600 of 3000 pages: the sort in scratch", 2, 2, 2, 3000, 48, {2600, 0, 0.0}, false},
+      {"a budget of two pages: the first and the last", 4, 4, 0, 700, 20, {2, 0, 0.0}, false},
+      {"short: keeps every page", 4, 0, 0, 50, 10, {64, 0, 0.0}, false},
+      {"inactive", 4, 4, 1, 900, 64, {64, 0, 0.0}, false, false},
+  };
+  expect_host_picks(64, 16, cases, rng);
+}
+
+// 64 logical pages of one token per page: a score chunk is a single page.
+TEST(CudaPageSelect, OneTokenLogicalPagesMatchTheHostSelector) {
+  LSERVE_SKIP_WITHOUT_GPU();
+  const uint32_t seed = test::fresh_seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937 rng(seed);
+  const std::vector<JobCase> cases = {
+      {"budget 32 of 600 pages", 4, 4, 2, 600, 37, {32, 0, 0.0}, false},
+      {"psa of 400 pages", 2, 0, 0, 400, 1, {200, 4, -1.0}, false, true, 1},
+  };
+  expect_host_picks(64, 1, cases, rng);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstddef>
 #include <cstring>
 #include <map>
@@ -628,6 +629,9 @@ class CudaBackend final : public Backend {
             j.active = fresh ? 1 : 0;
             if (fresh)
               scratch_at += cuda::select_scratch_bytes(j.num_heads, num_pages, P / cache.logical_page_size(), j.max_pages);
+            LSERVE_CHECK(scratch_at / 16 <= static_cast<size_t>(INT32_MAX) &&
+                             counts + (unit + 1) * static_cast<size_t>(cap) <= static_cast<size_t>(INT32_MAX),
+                         "page selection: {} sequences of {} pages overflow the selector's offsets", S, num_pages);
             sel.jobs.push_back(j);
           }
           if (fresh) {

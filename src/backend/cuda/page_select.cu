@@ -267,6 +267,7 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const SelectParams p
     remaining = k;
     done = 0;
   }
+  __syncthreads();  // with k == 0 the loop below has no barrier before these are read
   unsigned long long mask = 0;
   for (int shift = 56; k > 0 && shift >= 0; shift -= 8) {  // k == 0 (a budget of two pages): none
     for (int b = threadIdx.x; b < 256; b += kPickThreads) hist[b] = 0;
