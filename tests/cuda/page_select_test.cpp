@@ -178,12 +178,24 @@ void expect_host_picks(int32_t P, int32_t LP, const std::vector<JobCase>& cases,
     cudaFree(d);
 }
 
-TEST(CudaPageSelect, LongContextsMatchTheHostSelector) {
-  LSERVE_SKIP_WITHOUT_GPU();
-  const uint32_t seed = test::fresh_seed();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
-  std::mt19937 rng(seed);
-  const std::vector<JobCase> cases = {
+class CudaPageSelect : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    LSERVE_SKIP_WITHOUT_GPU();
+    seed_ = test::fresh_seed();
+    rng_.seed(seed_);
+  }
+  // Cases on a pool of P-token pages scored on LP-token logical pages; failures name the seed.
+  void check(int32_t P, int32_t LP, const std::vector<JobCase>& cases) {
+    SCOPED_TRACE(::testing::Message() << "seed " << seed_);
+    expect_host_picks(P, LP, cases, rng_);
+  }
+  uint32_t seed_ = 0;
+  std::mt19937 rng_;
+};
+
+TEST_F(CudaPageSelect, LongContextsMatchTheHostSelector) {
+  check(64, 16, {
       {"16000 pages (1M tokens): every kernel strides over its chunks", 2, 0, 0, 16000, 40, {64, 0, 0.0}, false},
       {"budget 64 pages, 4 heads, 5000 pages", 4, 0, 0, 5000, 17, {64, 0, 0.0}, false, true, 1},
       {"one head (per query head), 3100 pages", 1, 7, 2, 3100, 64, {64, 0, 0.0}, false},
@@ -195,21 +207,15 @@ TEST(CudaPageSelect, LongContextsMatchTheHostSelector) {
       {"a budget of two pages: the first and the last", 4, 4, 0, 700, 20, {2, 0, 0.0}, false},
       {"short: keeps every page", 4, 0, 0, 50, 10, {64, 0, 0.0}, false},
       {"inactive", 4, 4, 1, 900, 64, {64, 0, 0.0}, false, false},
-  };
-  expect_host_picks(64, 16, cases, rng);
+  });
 }
 
 // 64 logical pages of one token per page: a score chunk is a single page.
-TEST(CudaPageSelect, OneTokenLogicalPagesMatchTheHostSelector) {
-  LSERVE_SKIP_WITHOUT_GPU();
-  const uint32_t seed = test::fresh_seed();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
-  std::mt19937 rng(seed);
-  const std::vector<JobCase> cases = {
+TEST_F(CudaPageSelect, OneTokenLogicalPagesMatchTheHostSelector) {
+  check(64, 1, {
       {"budget 32 of 600 pages", 4, 4, 2, 600, 37, {32, 0, 0.0}, false},
       {"psa of 400 pages", 2, 0, 0, 400, 1, {200, 4, -1.0}, false, true, 1},
-  };
-  expect_host_picks(64, 1, cases, rng);
+  });
 }
 
 }  // namespace
