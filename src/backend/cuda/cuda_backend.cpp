@@ -764,7 +764,7 @@ class CudaBackend final : public Backend {
     mix(reinterpret_cast<uintptr_t>(partial_lse_));
     mix(reinterpret_cast<uintptr_t>(sampling_device_.data()));
     mix(reinterpret_cast<uintptr_t>(select_device_.data()));
-    mix(reinterpret_cast<uintptr_t>(select_scratch_.data()));
+    if (!sel_.fresh.empty()) mix(reinterpret_cast<uintptr_t>(select_scratch_.data()));  // only the selector reads it
     mix(static_cast<uint64_t>(sel_.slots) << 32 ^ static_cast<uint64_t>(sel_.capacity));
     mix(static_cast<uint64_t>(sel_.per_query_head));
     for (int32_t b : sel_.layer_job_begin) mix(static_cast<uint64_t>(b));  // jobs per layer (fixed per batch)
