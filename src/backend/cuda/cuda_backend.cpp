@@ -423,7 +423,7 @@ class CudaBackend final : public Backend {
     if (batch.selects_pages() && !sel_.planned) {
       LSERVE_CHECK(!capturing_, "a recorded step needs its page selections planned in begin_step");
       if (!options_.gpu_selection)
-        fail("page selection is not yet enabled on the CUDA backend (use --attention dense or streaming, or --device cpu)");
+        fail("page selection is switched off on this CUDA backend (CudaBackendOptions::gpu_selection)");
       plan_selection(batch, cache, static_cast<int32_t>(H));
       plan_group_ = -1;
     }
@@ -544,7 +544,7 @@ class CudaBackend final : public Backend {
   // than the selection, as the host selector reads).
   void plan_selection(const AttentionBatch& batch, const KvCache& cache, int32_t num_heads) {
     if (!options_.gpu_selection)
-      fail("page selection is not yet enabled on the CUDA backend (use --attention dense or streaming, or --device cpu)");
+      fail("page selection is switched off on this CUDA backend (CudaBackendOptions::gpu_selection)");
     LSERVE_CHECK(cache.logical_page_size() > 0, "page selection needs a KV cache with key summaries");
     if (options_.reference_attention || !cuda::fast_attention_supports(static_cast<int>(cache.head_dim())))
       fail("page selection on the GPU needs the tensor-core attention kernels (head_dim 16, 32, 64 or 128)");
