@@ -337,7 +337,8 @@ void expect_trained_model_matches(const SparsityConfig& sp) {
   req.prompt = prompt;
   req.max_tokens = 24;
   req.ignore_eos = true;
-  const auto want = c.gen.run(req, nullptr).tokens;
+  const GenerationResult cpu_result = c.gen.run(req, nullptr);
+  const auto& want = cpu_result.tokens;
   std::vector<int32_t> tokens = prompt;
   tokens.insert(tokens.end(), want.begin(), want.end() - 1);
   const auto lc = c.gen.score(tokens, static_cast<int64_t>(prompt.size()), 40);
@@ -349,7 +350,8 @@ void expect_trained_model_matches(const SparsityConfig& sp) {
   }
   EXPECT_LT(max_diff / max_ref, 3e-2) << "logits differ beyond bf16 rounding";
   // Greedy text: the same until a step where the CPU's top-2 margin is within the bound.
-  const auto got = g.gen.run(req, nullptr).tokens;
+  const GenerationResult gpu_result = g.gen.run(req, nullptr);
+  const auto& got = gpu_result.tokens;
   const int64_t V = config.vocab_size;
   size_t same = 0;
   while (same < want.size() && got[same] == want[same]) ++same;
@@ -361,6 +363,11 @@ void expect_trained_model_matches(const SparsityConfig& sp) {
       else if (row[i] > second) second = row[i];
     }
     EXPECT_LE(first - second, 2 * 3e-2 * max_ref) << "parted at token " << same << " where the CPU was sure";
+  }
+  // The same text read the same keys (the same windows and selections): the statistics agree.
+  if (same == want.size()) {
+    EXPECT_GT(gpu_result.mean_kv_tokens_read, 0.0);
+    EXPECT_DOUBLE_EQ(gpu_result.mean_kv_tokens_read, cpu_result.mean_kv_tokens_read) << "KV tokens read per head";
   }
   std::printf("  %s, trained model: logit rel error %.2e, %zu of %zu greedy tokens identical\n",
               std::string(policy_name(sp.policy)).c_str(), max_diff / max_ref, same, want.size());

@@ -219,6 +219,8 @@ class CudaBackend final : public Backend {
     dbatch_.num_seqs = static_cast<int32_t>(B);
     dbatch_.num_tokens = static_cast<int32_t>(T);
     step_batch_ = &batch;
+    step_cache_ = heads.cache;
+    step_num_heads_ = heads.num_heads;
     plan_group_ = -1;  // the attention plan is rebuilt for this batch
     sel_ = StepSelection{};
     if (heads.cache && batch.selects_pages() && heads.num_heads > 0)
@@ -479,9 +481,18 @@ class CudaBackend final : public Backend {
 
   void synchronize() override { LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
-  // Fresh selections back to the sequences, as the host selector leaves them. (The CPU
-  // backend's per-step read statistics, kv_tokens_read, are not kept on the GPU yet.)
+  // Fresh selections back to the sequences, as the host selector leaves them, then what each
+  // decoding sequence read (SequenceKv::kv_tokens_read, as the CPU backend counts it).
   void end_step(const AttentionBatch& batch) override {
+    store_fresh_selections(batch);
+    if (step_cache_ && step_num_heads_ > 0) count_kv_reads(batch, *step_cache_);
+  }
+
+  cudaStream_t stream() const { return stream_; }
+  CudaStepStats step_stats() const { return step_stats_; }
+
+ private:
+  void store_fresh_selections(const AttentionBatch& batch) {
     if (!sel_.planned || sel_.slots == 0) return;
     const int32_t L = sel_.num_layers, U = sel_.num_units, S = sel_.slots, cap = sel_.capacity;
     const size_t counts = static_cast<size_t>(L) * S * U;
@@ -503,10 +514,54 @@ class CudaBackend final : public Backend {
     }
   }
 
-  cudaStream_t stream() const { return stream_; }
-  CudaStepStats step_stats() const { return step_stats_; }
+  // Keys each (layer, query head) of a decoding sequence attended this step: a streaming head
+  // its decode window, a retrieval head that selects the tokens of its page list (the
+  // selection, then the pages newer than it), any other head the whole context.
+  void count_kv_reads(const AttentionBatch& batch, const KvCache& cache) const {
+    if (batch.decoding.empty() || batch.sequences.empty()) return;
+    const int64_t L = cache.num_layers(), Hk = cache.num_kv_heads(), P = cache.page_size();
+    const int64_t G = step_num_heads_ / Hk;
+    for (int32_t b = 0; b < batch.num_seqs(); ++b) {
+      SequenceKv* seq = batch.sequences[static_cast<size_t>(b)];
+      if (!seq || !batch.decoding[static_cast<size_t>(b)] || batch.query_len(b) != 1) continue;
+      const int64_t len = batch.seq_lens[b], num_pages = (len + P - 1) / P;
+      const int32_t slot = sel_.planned && static_cast<size_t>(b) < sel_.seq_slot.size() ? sel_.seq_slot[static_cast<size_t>(b)] : -1;
+      const int64_t U = slot >= 0 ? sel_.num_units : 0;
+      auto page_tokens = [&](int64_t pg) { return std::min<int64_t>(P, len - pg * P); };
+      auto list_tokens = [&](const PageSelection& ps) {
+        int64_t n = 0;
+        for (int32_t pg : ps.pages)
+          if (pg < num_pages) n += page_tokens(pg);
+        for (int64_t pg = std::max<int64_t>(ps.num_pages_then, 0); pg < num_pages; ++pg)
+          if (ps.pages.empty() || pg > ps.pages.back()) n += page_tokens(pg);
+        return n;
+      };
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t h = 0; h < Hk; ++h) {
+          if (cache.slot(l, h).kind == HeadKind::Streaming && batch.sparsity) {
+            const StreamingWindow& w = batch.sparsity->decode_window;
+            const int64_t sink = std::min(w.sink, len), band = std::max(len - w.local, sink);
+            seq->kv_tokens_read += G * (sink + (len - band));
+            seq->kv_head_reads += G;
+            continue;
+          }
+          // A selecting retrieval head: one list for the group, or one per query head.
+          const int64_t units = slot < 0 ? 0 : (sel_.per_query_head ? G : 1);
+          for (int64_t s = 0; s < units; ++s) {
+            const size_t idx = static_cast<size_t>(l * U + (sel_.per_query_head ? h * G + s : h));
+            const int64_t heads = sel_.per_query_head ? 1 : G;
+            const bool listed = idx < seq->selections.size() && seq->selections[idx].decode_step >= 0;
+            seq->kv_tokens_read += heads * (listed ? list_tokens(seq->selections[idx]) : len);
+            seq->kv_head_reads += heads;
+          }
+          if (units == 0) {
+            seq->kv_tokens_read += G * len;
+            seq->kv_head_reads += G;
+          }
+        }
+    }
+  }
 
- private:
   static constexpr size_t kPinnedUploadLimit = size_t{4} << 20;  // larger uploads go direct
   static constexpr size_t kPinnedDownloadBytes = size_t{64} << 10;
   static constexpr int64_t kConvertChunk = int64_t{16} << 20;     // elements per conversion chunk
@@ -793,6 +848,8 @@ class CudaBackend final : public Backend {
   cuda::GrowableBuffer step_device_, stream_pages_device_;
   DeviceBatch dbatch_;
   const AttentionBatch* step_batch_ = nullptr;
+  const KvCache* step_cache_ = nullptr;  // the step's cache (for the read statistics), if given
+  int32_t step_num_heads_ = 0;
 
   // The step's attention plan.
   struct PlanCounts {
