@@ -382,25 +382,23 @@ TEST_F(CudaStreaming, TrainedModelMatchesTheCpu) {
 
 // The same with LServe's page selection (a 64-token budget: the prompt's retrieval heads read a
 // third of it), selections made and reused across recorded decode steps.
-TEST_F(CudaStreaming, TrainedModelWithPageSelectionMatchesTheCpu) {
+SparsityConfig trained_model_lserve(SelectionGranularity granularity) {
   SparsityConfig sp = streaming_policy(16, {16, 48}, {8, 24});
   sp.policy = AttentionPolicy::LServe;
+  sp.granularity = granularity;
   sp.logical_page_size = 4;
   sp.token_budget = 64;
   sp.selector_interval = 2;
   sp.validate();
-  expect_trained_model_matches(sp);
+  return sp;
+}
+
+TEST_F(CudaStreaming, TrainedModelWithPageSelectionMatchesTheCpu) {
+  expect_trained_model_matches(trained_model_lserve(SelectionGranularity::KvHead));
 }
 
 TEST_F(CudaStreaming, TrainedModelWithPerQueryHeadSelectionMatchesTheCpu) {
-  SparsityConfig sp = streaming_policy(16, {16, 48}, {8, 24});
-  sp.policy = AttentionPolicy::LServe;
-  sp.granularity = SelectionGranularity::QueryHead;
-  sp.logical_page_size = 4;
-  sp.token_budget = 64;
-  sp.selector_interval = 2;
-  sp.validate();
-  expect_trained_model_matches(sp);
+  expect_trained_model_matches(trained_model_lserve(SelectionGranularity::QueryHead));
 }
 
 }  // namespace

@@ -182,26 +182,47 @@ __device__ inline void head_stats(const SelectParams& p, const Layout& lay, cons
   __syncthreads();
 }
 
+// The block's job as the sums and mass kernels read it, with each head's max (and, given
+// `total`, its softmax denominator) in shared memory: false when the job has nothing to do.
+struct MassJob {
+  int G;
+  int32_t n;
+  Layout lay;
+  unsigned char* base;
+  const float* scores;  // [G][n]
+  const double* mx;     // [G]
+  // exp(scale * s - max) of head h at page i, as the host computes it.
+  __device__ double weight(const SelectParams& p, int h, int32_t i) const {
+    return exp(static_cast<double>(scores[static_cast<int64_t>(h) * n + i]) * p.scale - mx[h]);
+  }
+};
+__device__ inline bool mass_job(const SelectParams& p, const SelectJob* jobs, double* mx, double* total, MassJob& m) {
+  const SelectJob j = jobs[blockIdx.x];
+  if (!j.active || keeps_every_page(j)) return false;
+  m.G = j.num_heads;
+  m.n = j.num_pages;
+  m.lay = layout(m.G, m.n, per_page_of(p), j.max_pages);
+  m.base = scratch_of(p, j);
+  m.scores = reinterpret_cast<const float*>(m.base + m.lay.scores);
+  m.mx = mx;
+  head_stats(p, m.lay, m.base, m.G, mx, total);
+  return true;
+}
+
 // ---- 2. softmax denominators, per chunk of pages ----
 
 __global__ void __launch_bounds__(kMassThreads) sums_kernel(const SelectParams p, const SelectJob* __restrict__ jobs) {
   __shared__ double red[kMassThreads / 32];
   __shared__ double mx[kMaxHeads];
-  const SelectJob j = jobs[blockIdx.x];
-  if (!j.active || keeps_every_page(j)) return;
-  const int G = j.num_heads;
-  const int32_t n = j.num_pages;
-  const Layout lay = layout(G, n, per_page_of(p), j.max_pages);
-  unsigned char* base = scratch_of(p, j);
-  const float* scores = reinterpret_cast<const float*>(base + lay.scores);
-  double* sums = reinterpret_cast<double*>(base + lay.sums);
-  head_stats(p, lay, base, G, mx, nullptr);
-  for (int32_t c = blockIdx.y; c < lay.mass_chunks; c += gridDim.y) {
+  MassJob m;
+  if (!mass_job(p, jobs, mx, nullptr, m)) return;
+  double* sums = reinterpret_cast<double*>(m.base + m.lay.sums);
+  for (int32_t c = blockIdx.y; c < m.lay.mass_chunks; c += gridDim.y) {
     const int32_t i = c * kMassThreads + threadIdx.x;
-    for (int h = 0; h < G; ++h) {
-      const double e = i < n ? exp(static_cast<double>(scores[static_cast<int64_t>(h) * n + i]) * p.scale - mx[h]) : 0.0;
-      const double total = block_reduce<kMassThreads / 32>(e, [](double a, double b) { return a + b; }, red);
-      if (threadIdx.x == 0) sums[h * lay.mass_chunks + c] = total;
+    for (int h = 0; h < m.G; ++h) {
+      const double e = i < m.n ? m.weight(p, h, i) : 0.0;
+      const double sum = block_reduce<kMassThreads / 32>(e, [](double a, double b) { return a + b; }, red);
+      if (threadIdx.x == 0) sums[h * m.lay.mass_chunks + c] = sum;
     }
   }
 }
@@ -210,23 +231,15 @@ __global__ void __launch_bounds__(kMassThreads) sums_kernel(const SelectParams p
 
 __global__ void __launch_bounds__(kMassThreads) mass_kernel(const SelectParams p, const SelectJob* __restrict__ jobs) {
   __shared__ double mx[kMaxHeads], total[kMaxHeads];
-  const SelectJob j = jobs[blockIdx.x];
-  if (!j.active || keeps_every_page(j)) return;
-  const int G = j.num_heads;
-  const int32_t n = j.num_pages;
-  const Layout lay = layout(G, n, per_page_of(p), j.max_pages);
-  unsigned char* base = scratch_of(p, j);
-  const float* scores = reinterpret_cast<const float*>(base + lay.scores);
-  double* mass = reinterpret_cast<double*>(base + lay.mass);
-  head_stats(p, lay, base, G, mx, total);
-  for (int32_t c = blockIdx.y; c < lay.mass_chunks; c += gridDim.y) {
+  MassJob m;
+  if (!mass_job(p, jobs, mx, total, m)) return;
+  double* mass = reinterpret_cast<double*>(m.base + m.lay.mass);
+  for (int32_t c = blockIdx.y; c < m.lay.mass_chunks; c += gridDim.y) {
     const int32_t i = c * kMassThreads + threadIdx.x;
-    if (i >= n) continue;
-    double m = 0.0;
-    for (int h = 0; h < G; ++h)
-      m += exp(static_cast<double>(scores[static_cast<int64_t>(h) * n + i]) * p.scale - mx[h]) / total[h] /
-           static_cast<double>(G);
-    mass[i] = m;
+    if (i >= m.n) continue;
+    double estimate = 0.0;
+    for (int h = 0; h < m.G; ++h) estimate += m.weight(p, h, i) / total[h] / static_cast<double>(m.G);
+    mass[i] = estimate;
   }
 }
 
