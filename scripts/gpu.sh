@@ -2,7 +2,7 @@
 # The one script a GPU machine runs: builds lserve with the CUDA backend, runs the CUDA tests
 # (op-by-op against the CPU backend, attention, KV layout, whole-model logits against HF), a
 # short generation through the CLI on the GPU, and on request compute-sanitizer and the
-# attention timing. Ends with a summary.
+# attention and linear-layer timings. Ends with a summary.
 #
 #   scripts/gpu.sh [--sanitize] [--bench] [--all]
 #
@@ -41,7 +41,7 @@ if ! cmake -S . -B "$build" "${LSERVE_GPU_CMAKE_FLAGS[@]}" >"$logs/configure.log
   echo "gpu.sh: configure failed"
   exit 1
 fi
-if ! cmake --build "$build" -j16 --target lserve_cuda_tests lserve cuda_attention_timing >"$logs/build.log" 2>&1; then
+if ! cmake --build "$build" -j16 --target lserve_cuda_tests lserve cuda_attention_timing cuda_linear_timing >"$logs/build.log" 2>&1; then
   grep -E "error|Error" "$logs/build.log" | head -40
   echo "gpu.sh: build failed"
   exit 1
@@ -97,6 +97,12 @@ if [ "$bench" -eq 1 ]; then
     note "attention timing: see above"
   else
     note "attention timing: FAILED"
+    status=1
+  fi
+  if "$build/bench/cuda/cuda_linear_timing" 2>&1 | tee "$logs/linear_timing.log"; then
+    note "linear timing: $(grep "the layer's linears *1 " "$logs/linear_timing.log" | tr -s ' ')"
+  else
+    note "linear timing: FAILED"
     status=1
   fi
 fi

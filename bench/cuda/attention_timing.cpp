@@ -20,6 +20,7 @@
 #include "backend/attention_batch.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_check.h"
+#include "copy_bandwidth.h"
 #include "engine/batch_plan.h"
 #include "kv/kv_cache.h"
 #include "model/model_config.h"
@@ -30,35 +31,8 @@ namespace {
 
 constexpr int64_t kHeads = 32, kKvHeads = 8, kHeadDim = 128;
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// GB/s of a 1 GiB device-to-device copy, counting bytes read and written.
-double copy_bandwidth() {
-  const size_t bytes = size_t{1} << 30;
-  void *a = nullptr, *b = nullptr;
-  LSERVE_CUDA_CHECK(cudaMalloc(&a, bytes));
-  LSERVE_CUDA_CHECK(cudaMalloc(&b, bytes));
-  LSERVE_CUDA_CHECK(cudaMemset(a, 0x3c, bytes));
-  cudaEvent_t e0, e1;
-  LSERVE_CUDA_CHECK(cudaEventCreate(&e0));
-  LSERVE_CUDA_CHECK(cudaEventCreate(&e1));
-  std::vector<double> ms;
-  for (int i = 0; i < 12; ++i) {
-    LSERVE_CUDA_CHECK(cudaEventRecord(e0));
-    LSERVE_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
-    LSERVE_CUDA_CHECK(cudaEventRecord(e1));
-    LSERVE_CUDA_CHECK(cudaEventSynchronize(e1));
-    float t = 0;
-    LSERVE_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-    if (i >= 2) ms.push_back(t);
-  }
-  cudaFree(a);
-  cudaFree(b);
-  return 2.0 * static_cast<double>(bytes) / (median(ms) * 1e-3) / 1e9;
-}
+using bench::copy_bandwidth;
+using bench::median;
 
 struct Case {
   const char* name;
@@ -251,9 +225,10 @@ SelectedTiming time_selected_decode(int32_t n, int32_t batch_size, SelectionGran
   return t;
 }
 
-// sections: any of "dense", "streaming", "lserve" (empty: all).
+// sections: any of "dense", "streaming", "lserve" (empty: all); "profile" runs one LServe case alone.
 int run(const std::vector<std::string>& sections) {
-  auto want = [&](const char* name) { return sections.empty() || std::find(sections.begin(), sections.end(), name) != sections.end(); };
+  auto want_only = [&](const char* name) { return std::find(sections.begin(), sections.end(), name) != sections.end(); };
+  auto want = [&](const char* name) { return sections.empty() || want_only(name); };
   if (cuda_device_count() == 0) {
     std::fprintf(stderr, "no CUDA GPU visible\n");
     return 1;
@@ -306,6 +281,13 @@ int run(const std::vector<std::string>& sections) {
     }
   }
 
+  if (want_only("profile")) {
+    // One LServe case only, for a profiler: at 256K x1, a selecting step's launches come first
+    // (its warm-up), then the reusing step's.
+    const SelectedTiming st = time_selected_decode(262144, 1, SelectionGranularity::KvHead);
+    std::printf("profile: decode 256K x1 shared: select + read %.3f ms, reuse %.3f ms\n", st.fresh_ms, st.reused_ms);
+    return 0;
+  }
   if (!want("lserve")) return 0;
   std::printf("\nLServe decode (half the heads streaming, the rest selecting under a 4096-token budget, every 4 "
               "steps);\nselector = select + read - reuse; GB/s: the least bytes the step must read over its time\n");

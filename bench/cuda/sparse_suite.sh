@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # LServe's sparse attention on the GPU against dense and the peers, in one run on one GPU:
 #   - attention kernels, one Llama-3-8B layer: bench/cuda/attention_timing (dense, half the heads
-#     streaming at LServe's and DuoAttention's windows, LServe decode with the page selector);
+#     streaming at LServe's and DuoAttention's windows, LServe decode with the page selector),
+#     and the layer's linears at decode batch sizes, cuBLASLt vs ours (bench/cuda/linear_timing);
 #   - the peers on the same GPU: torch SDPA (cuDNN, flash), FlexAttention with the streaming
 #     mask, a PyTorch Quest, and the copy and GEMM ceilings (bench/cuda/peer_attention.py);
 #   - end to end, a Llama-3-8B-shaped model with dummy weights (bench/configs/llama-3-8b-512k.json:
 #     its context stretched to 512K): prefill time and decode ms/token at 128K and 256K, lserve
-#     (LServe's policy; needs the GPU page selector on) vs lserve dense vs HF transformers, batch 1.
+#     (LServe's policy; needs the GPU page selector on) vs lserve dense vs HF transformers, batch 1,
+#     each decode step broken down (host planning, device kernels) by `lserve bench`; and LServe
+#     at 128K x8 (dense does not fit).
 # Then the plots (bench/cuda/plot_sparse_gpu.py). Everything lands in OUT_DIR (default
 # build-gpu/sparse). PARTS (default all) picks some of kernels, peers, e2e, plots, so that the
 # suite can also run in pieces into the same OUT_DIR.
@@ -25,7 +28,7 @@ elapsed() { echo "$(($(date +%s) - start)) s"; }
 
 echo "== build ($(elapsed))"
 if ! { cmake -S . -B build-gpu "${LSERVE_GPU_CMAKE_FLAGS[@]}" >"$out/configure.log" 2>&1 &&
-       cmake --build build-gpu -j"$(nproc)" --target lserve cuda_attention_timing >"$out/build.log" 2>&1; }; then
+       cmake --build build-gpu -j"$(nproc)" --target lserve cuda_attention_timing cuda_linear_timing >"$out/build.log" 2>&1; }; then
   grep -E "error" "$out/build.log" | head -20
   echo "sparse_suite.sh: build failed"
   exit 1
@@ -34,6 +37,7 @@ fi
 if want kernels; then
   echo "== attention kernels ($(elapsed))"
   build-gpu/bench/cuda/cuda_attention_timing 2>&1 | tee "$out/attention_lserve.txt" || status=1
+  build-gpu/bench/cuda/cuda_linear_timing 2>&1 | tee "$out/linear_timing.txt" || status=1
 fi
 
 if want peers; then
@@ -52,6 +56,9 @@ if want e2e; then
       --prompt-tokens 131072 --prompt-tokens 262144 --decode-tokens 33 --repeats 1 --warmup 1 --warmup-tokens 4096 \
       --csv "$out/e2e.csv" 2>&1 | grep -v "\[info\]" | tee -a "$out/e2e.log" || status=1
   done
+  timeout 400 build-gpu/lserve bench --device cuda --load-format dummy --model "$config" --attention lserve --batch 8 \
+    --prompt-tokens 131072 --decode-tokens 33 --repeats 1 --warmup 1 --warmup-tokens 4096 \
+    --csv "$out/e2e.csv" 2>&1 | grep -v "\[info\]" | tee -a "$out/e2e.log" || status=1
   PYTHONUNBUFFERED=1 timeout 400 python3 python/bench_hf_e2e.py --config "$config" --csv "$out/hf.csv" --prefill 131072,262144 \
     --decode 131072,262144 --batch 1 --decode-steps 16 2>&1 | grep -v Warning | tee "$out/hf.log" || status=1
   python3 python/bench_hf_e2e.py --report "$out/e2e.csv,$out/hf.csv" --config "$config" --md "$out/e2e.md" >/dev/null ||

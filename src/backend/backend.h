@@ -144,6 +144,25 @@ class Backend {
   virtual void add_rms_norm(Tensor residual, const Tensor& x, const Tensor& weight, float eps, Tensor out) = 0;
   // out = x @ weight^T (+ bias).  x: [T, K]; weight: [N, K] (HF's nn.Linear layout); bias: [N] or empty; out: [T, N].
   virtual void linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) = 0;
+  // Several linears of the same x (q, k and v): out_i = x @ weight_i^T (+ bias_i), as one op
+  // so that a backend may run them in one kernel. The default runs one linear each.
+  struct LinearOut {
+    const Tensor* weight;
+    const Tensor* bias;  // an empty tensor for none
+    Tensor out;
+  };
+  virtual void linear_group(const Tensor& x, std::span<const LinearOut> outs) {
+    for (const LinearOut& o : outs) linear(x, *o.weight, *o.bias, o.out);
+  }
+  // SwiGLU's first half: out = silu(x @ gate^T) * (x @ up^T). gate_out and up_out ([T, F]) hold
+  // the two products where a backend computes them apart (the default: two linears and
+  // silu_mul); out may alias gate_out.
+  virtual void gated_linear(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor gate_out, Tensor up_out,
+                            Tensor out) {
+    linear(x, gate, Tensor{}, gate_out);
+    linear(x, up, Tensor{}, up_out);
+    silu_mul(gate_out, up_out, out);
+  }
   // Per-head RMSNorm (Qwen3's q/k norm).  x: [T, num_heads * head_dim], weight: [head_dim]; in place.
   virtual void head_rms_norm(Tensor x, int64_t head_dim, const Tensor& weight, float eps) = 0;
   // Rotates q and k in place by RoPE at `positions` ([T] i32), NeoX style (halves rotated),

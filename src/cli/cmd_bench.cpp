@@ -13,11 +13,13 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/decode_breakdown.h"
 #include "cli/model_options.h"
 #include "core/error.h"
 #include "engine/engine.h"
@@ -72,7 +74,7 @@ int64_t overlap_bound(int64_t n, int64_t batch, int64_t chunk) {
 // One batch: submit `batch` prompts of `n` tokens, step until every one has its first token,
 // then time `decode_steps` steps of all of them decoding; abort them afterwards.
 Measurement run_batch(Engine& engine, int64_t n, int64_t batch, int64_t decode_steps, int64_t max_tokens,
-                      std::mt19937& rng) {
+                      std::mt19937& rng, DecodeTimer* timer = nullptr) {
   struct State {
     int64_t generated = 0;
     bool finished = false;
@@ -130,12 +132,14 @@ Measurement run_batch(Engine& engine, int64_t n, int64_t batch, int64_t decode_s
       fail("--batch {} at --prompt-tokens {}: the first sequences decode while the others are prefilled, and "
            "{} more decode steps would pass the {}-token context; use shorter prompts or fewer --decode-tokens",
            batch, n, decode_steps, engine.max_context());
+    if (timer) timer->start();
     const auto t1 = Clock::now();
     for (int64_t i = 0; i < decode_steps; ++i) {
       engine.step();
       check_errors();
     }
     m.decode_seconds = seconds_since(t1);
+    if (timer) timer->stop();
     m.decode_steps = decode_steps;
     if (!all([](const State& s) { return !s.finished; })) fail("a sequence finished inside the timed decode steps");
   }
@@ -207,6 +211,18 @@ void print_header(const BenchOptions& o) {
                 "ms/step");
 }
 
+// Where a decode step's time went (a CUDA backend's clocks and events), beside the measured step.
+void report_breakdown(const DecodeTimer& timer, CsvOut& csv, int64_t n, int64_t B, double steps_per_s) {
+  const std::optional<DecodeBreakdown> b = timer.result();
+  if (!b || steps_per_s <= 0) return;
+  print_decode_breakdown(*b, 1000.0 / steps_per_s, n, B);
+  csv.row("decode_host_plan", n, B, b->host_plan, "ms");
+  csv.row("decode_device_kernels", n, B, b->device_kernels, "ms");
+  csv.row("decode_device_upload", n, B, b->device_upload, "ms");
+  csv.row("decode_host_finish", n, B, b->host_finish, "ms");
+  csv.row("decode_forward_wall", n, B, b->forward_wall, "ms");
+}
+
 // KV memory of the sequence just run, from the cache's own accounting: what it held at the end
 // under the policy and what the dense layout would hold, and how many tokens of one sequence a
 // GiB of KV memory takes either way (the largest context that fits on a device is that times
@@ -246,18 +262,22 @@ void run_single(const BenchOptions& o, LoadedModel& m, CsvOut& csv) {
     std::vector<double> prefill, decode;
     const int64_t wn = o.warmup_tokens > 0 ? std::min(n, o.warmup_tokens) : n;
     GenerationResult last;
+    DecodeTimer timer(*m.backend);
     for (int r = 0; r < o.warmup + o.repeats; ++r) {  // warm-up runs fill caches and start threads
       GenerationRequest req;
       req.prompt = random_prompt(r < o.warmup ? wn : n, rng, vocab);
       req.max_tokens = o.decode_tokens;
       req.ignore_eos = true;
+      if (r >= o.warmup) timer.start();
       GenerationResult res = gen.run(req, nullptr);
       if (r < o.warmup) continue;
+      timer.stop();
       prefill.push_back(static_cast<double>(n) / res.prefill_seconds);
       if (res.decode_steps) decode.push_back(static_cast<double>(res.decode_steps) / res.decode_seconds);
       last = std::move(res);
     }
     report(o, csv, n, median(prefill), median(decode));
+    report_breakdown(timer, csv, n, 1, median(decode));
     report_kv(o, m, *cache, csv, n, last);
   }
 }
@@ -290,13 +310,15 @@ void run_batched(const BenchOptions& o, LoadedModel& m, CsvOut& csv) {
     for (int r = 0; r < o.warmup; ++r)
       run_batch(engine, wn, B, std::min<int64_t>(steps, 4), max_tokens_for(wn), rng);
     std::vector<double> prefill, decode;
+    DecodeTimer timer(*m.backend);
     for (int r = 0; r < o.repeats; ++r) {
-      const Measurement res = run_batch(engine, n, B, steps, max_tokens_for(n), rng);
+      const Measurement res = run_batch(engine, n, B, steps, max_tokens_for(n), rng, &timer);
       prefill.push_back(static_cast<double>(n * B) / res.prefill_seconds);
       if (res.decode_steps)
         decode.push_back(static_cast<double>(res.decode_steps * B) / res.decode_seconds);
     }
     report(o, csv, n, median(prefill), median(decode));
+    report_breakdown(timer, csv, n, B, median(decode) / static_cast<double>(B));
   }
 }
 

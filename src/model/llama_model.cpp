@@ -204,9 +204,8 @@ void LlamaModel::attention_block(int64_t layer, int64_t T, const AttentionBatch&
   const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
   const float eps = static_cast<float>(config_.rms_norm_eps);
   Tensor x = s.normed.rows(0, T), q = s.q.rows(0, T), k = s.k.rows(0, T), v = s.v.rows(0, T);
-  backend_.linear(x, w.q_proj, w.q_bias, q);
-  backend_.linear(x, w.k_proj, w.k_bias, k);
-  backend_.linear(x, w.v_proj, w.v_bias, v);
+  const Backend::LinearOut qkv[] = {{&w.q_proj, &w.q_bias, q}, {&w.k_proj, &w.k_bias, k}, {&w.v_proj, &w.v_bias, v}};
+  backend_.linear_group(x, qkv);
   if (config_.qk_norm) {
     backend_.head_rms_norm(q, config_.head_dim, w.q_norm, eps);
     backend_.head_rms_norm(k, config_.head_dim, w.k_norm, eps);
@@ -221,9 +220,7 @@ void LlamaModel::mlp_block(int64_t layer, int64_t T) {
   Scratch& s = *scratch_;
   const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
   Tensor x = s.normed.rows(0, T), gate = s.gate.rows(0, T), up = s.up.rows(0, T);
-  backend_.linear(x, w.gate_proj, Tensor{}, gate);
-  backend_.linear(x, w.up_proj, Tensor{}, up);
-  backend_.silu_mul(gate, up, gate);
+  backend_.gated_linear(x, w.gate_proj, w.up_proj, gate, up, gate);
   backend_.linear(gate, w.down_proj, Tensor{}, s.rows.rows(0, T));
 }
 

@@ -112,6 +112,72 @@ TEST_F(CudaOps, Linear) {
   }
 }
 
+// q, k and v in one op: decode-sized batches run as one skinny launch, the rest (more rows,
+// K not a multiple of 8, an odd row count) fall back to cuBLASLt; either way each output is
+// the CPU's linear.
+TEST_F(CudaOps, LinearGroup) {
+  struct Case {
+    int64_t T, K;
+    std::vector<int64_t> rows;
+  };
+  for (const Case& c : {Case{1, 64, {64, 32, 32}}, Case{3, 4096, {512, 128, 128}}, Case{8, 256, {2, 30, 1030}},
+                        Case{5, 136, {96}}, Case{2, 64, {48, 16}}, Case{12, 64, {64, 32, 32}},
+                        Case{4, 100, {64, 32, 32}}, Case{1, 64, {64, 31, 32}}}) {
+    SCOPED_TRACE(where() << " T " << c.T << " K " << c.K << " targets " << c.rows.size());
+    const auto x = random_bf16(static_cast<size_t>(c.T * c.K), rng_);
+    auto cx = put(*cpu_, Shape{c.T, c.K}, x), gx = put(*gpu_, Shape{c.T, c.K}, x);
+    std::vector<test::Weight> cw, cb, gw, gb;
+    std::vector<test::Owned> cout, gout;
+    for (size_t i = 0; i < c.rows.size(); ++i) {
+      const int64_t N = c.rows[i];
+      const auto wv = random_bf16(static_cast<size_t>(N * c.K), rng_, 0.05f);
+      const auto bv = random_bf16(static_cast<size_t>(N), rng_, 0.5f);
+      cw.push_back(prepare(*cpu_, Shape{N, c.K}, wv));
+      cb.push_back(prepare(*cpu_, Shape{N}, bv));
+      gw.push_back(prepare(*gpu_, Shape{N, c.K}, wv, DType::BF16));
+      gb.push_back(prepare(*gpu_, Shape{N}, bv, DType::BF16));
+      cout.push_back(test::make_tensor(*cpu_, DType::F32, Shape{c.T, N}));
+      gout.push_back(poisoned(*gpu_, DType::BF16, Shape{c.T, N}));
+    }
+    const Tensor none;
+    std::vector<Backend::LinearOut> gouts;
+    for (size_t i = 0; i < c.rows.size(); ++i) {
+      const bool bias = i != 1;  // targets with and without a bias in one launch
+      cpu_->linear(cx.t, cw[i].t, bias ? cb[i].t : none, cout[i].t);
+      gouts.push_back({&gw[i].t, bias ? &gb[i].t : &none, gout[i].t});
+    }
+    gpu_->linear_group(gx.t, gouts);
+    for (size_t i = 0; i < c.rows.size(); ++i) {
+      SCOPED_TRACE(::testing::Message() << "target " << i);
+      EXPECT_BF16_CLOSE(fetch(*gpu_, gout[i].t), fetch(*cpu_, cout[i].t));
+    }
+  }
+}
+
+// silu(x @ gate^T) * (x @ up^T): the fused skinny kernel for up to 8 rows, the unfused ops
+// beyond, both against the CPU's two linears and silu_mul.
+TEST_F(CudaOps, GatedLinear) {
+  struct Case {
+    int64_t T, K, F;
+  };
+  for (const Case c : {Case{1, 64, 128}, Case{5, 256, 100}, Case{8, 4096, 1408}, Case{9, 64, 128}, Case{2, 60, 64},
+                       Case{1, 1024, 14336}}) {
+    SCOPED_TRACE(where() << " T " << c.T << " K " << c.K << " F " << c.F);
+    const auto x = random_bf16(static_cast<size_t>(c.T * c.K), rng_);
+    const auto g = random_bf16(static_cast<size_t>(c.F * c.K), rng_, 0.1f), u = random_bf16(g.size(), rng_, 0.1f);
+    auto cx = put(*cpu_, Shape{c.T, c.K}, x), gx = put(*gpu_, Shape{c.T, c.K}, x);
+    const auto cg = prepare(*cpu_, Shape{c.F, c.K}, g), cu = prepare(*cpu_, Shape{c.F, c.K}, u);
+    const auto gg = prepare(*gpu_, Shape{c.F, c.K}, g, DType::BF16), gu = prepare(*gpu_, Shape{c.F, c.K}, u, DType::BF16);
+    auto cgo = test::make_tensor(*cpu_, DType::F32, Shape{c.T, c.F}), cuo = test::make_tensor(*cpu_, DType::F32, Shape{c.T, c.F});
+    cpu_->linear(cx.t, cg.t, Tensor{}, cgo.t);
+    cpu_->linear(cx.t, cu.t, Tensor{}, cuo.t);
+    cpu_->silu_mul(cgo.t, cuo.t, cgo.t);
+    auto ggo = poisoned(*gpu_, DType::BF16, Shape{c.T, c.F}), guo = poisoned(*gpu_, DType::BF16, Shape{c.T, c.F});
+    gpu_->gated_linear(gx.t, gg.t, gu.t, ggo.t, guo.t, ggo.t);
+    EXPECT_BF16_CLOSE(fetch(*gpu_, ggo.t), fetch(*cpu_, cgo.t));
+  }
+}
+
 TEST_F(CudaOps, HeadRmsNorm) {
   for (int64_t D : {16, 64, 128}) {
     SCOPED_TRACE(where() << " head_dim " << D);

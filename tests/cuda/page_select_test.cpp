@@ -139,6 +139,7 @@ void expect_host_picks(int32_t P, int32_t LP, const std::vector<JobCase>& cases,
   p.q = dq;
   p.num_heads = kHeads;
   p.head_dim = D;
+  for (const cuda::SelectJob& j : jobs) p.max_job_heads = std::max(p.max_job_heads, j.num_heads);
   p.key_min = dkmin;
   p.key_max = dkmax;
   p.pool_heads = pool_heads;

@@ -164,14 +164,17 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams 
   const int32_t len = p.seq_lens[item.seq];
   if (p.heads.slot[kvh] < 0) {  // a streaming head reads the split's keys in its window only
     const bool decoding = p.decoding && p.decoding[item.seq];
-    // A selecting sequence's items are page-list entries: the streaming head's whole window
-    // goes with the first item, none with the others.
-    const int32_t first = item.selected ? 0 : item.key_begin;
-    const int32_t last = item.selected ? (item.key_begin == 0 ? len : 0) : item.key_end;
-    const auto tiles = tile::WindowedRangeTiles<kKeys>::make(
-        first, last, decoding ? p.windows.decode_sink : p.windows.prefill_sink,
-        decoding ? p.windows.decode_local : p.windows.prefill_local, len - 1);
-    decode_split<D>(p, item, tiles, hv, kvh * G, G, partial_o, partial_lse, smem);
+    const int32_t sink = decoding ? p.windows.decode_sink : p.windows.prefill_sink;
+    const int32_t local = decoding ? p.windows.decode_local : p.windows.prefill_local;
+    if (item.selected) {  // page-list splits (of equal length): this one's share of the window's tiles
+      const auto window = tile::WindowedRangeTiles<kKeys>::make(0, len, sink, local, len - 1);
+      const int32_t split = item.key_begin / max(1, item.key_end - item.key_begin);
+      decode_split<D>(p, item, tile::TileSlice<tile::WindowedRangeTiles<kKeys>>::make(window, split, item.selected), hv,
+                      kvh * G, G, partial_o, partial_lse, smem);
+    } else {
+      const auto tiles = tile::WindowedRangeTiles<kKeys>::make(item.key_begin, item.key_end, sink, local, len - 1);
+      decode_split<D>(p, item, tiles, hv, kvh * G, G, partial_o, partial_lse, smem);
+    }
   } else if (item.selected) {  // a retrieval head's split of its page list (or one query head's)
     const int32_t units = own_list ? p.num_heads : p.num_kv_heads;
     const int32_t unit = p.select_slot[item.seq] * units + (own_list ? kvh * G + sub : kvh);

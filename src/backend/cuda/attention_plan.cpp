@@ -24,7 +24,8 @@ AttentionPlan make_attention_plan(const AttentionBatch& batch, int32_t group, in
           continue;
         }
         plan.merge.push_back({b, plan.num_partials, listed});
-        for (int32_t s = 0; s < listed; ++s) plan.decode.push_back({b, s * e, (s + 1) * e, plan.num_partials++, 1});
+        for (int32_t s = 0; s < listed; ++s)
+          plan.decode.push_back({b, s * e, (s + 1) * e, plan.num_partials++, listed});
         continue;
       }
       const DecodeSplits splits = decode_splits(seq_len, max_splits);

@@ -150,6 +150,22 @@ struct WindowedRangeTiles {
   }
 };
 
+// Split `split` of `splits` of another walk's tiles (contiguous shares, the last ones possibly
+// empty): a streaming head's window spread over the splits of a page list.
+template <class Tiles>
+struct TileSlice {
+  Tiles all;
+  int32_t first, n;
+  __device__ static TileSlice make(const Tiles& all, int32_t split, int32_t splits) {
+    const int32_t total = all.count(), per = (total + splits - 1) / max(splits, 1);
+    const int32_t first = min(total, split * per);
+    return {all, first, min(per, total - first)};
+  }
+  __device__ int32_t count() const { return n; }
+  __device__ int32_t begin(int32_t i) const { return all.begin(first + i); }
+  __device__ int32_t end(int32_t i) const { return all.end(first + i); }
+};
+
 // Entries [first, last) of a page list (page indices within the sequence, ascending): each page
 // in tiles of kKeys keys (one tile when the page is no larger), keys past the sequence's end cut.
 template <int kKeys>

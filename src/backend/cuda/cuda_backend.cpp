@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstddef>
 #include <cstring>
@@ -21,6 +22,7 @@
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/page_select.h"
 #include "backend/cuda/sampling.h"
+#include "backend/cuda/skinny_linear.h"
 #include "kv/kv_cache.h"
 #include "sparse/page_selector.h"
 #include "sparse/sparsity_config.h"
@@ -86,6 +88,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     if (stream_) cudaStreamSynchronize(stream_);
     clear_recorded_steps();
+    timer_.destroy();
     if (pinned_download_) cudaFreeHost(pinned_download_);
     linear_.reset();
     uploader_.reset();
@@ -164,6 +167,7 @@ class CudaBackend final : public Backend {
 
   void begin_step(const AttentionBatch& batch, const AttentionHeads& heads) override {
     const size_t T = static_cast<size_t>(batch.num_tokens()), B = batch.seq_lens.size();
+    start_step_timer(batch);
     LSERVE_CHECK(batch.query_start.size() == B + 1 && batch.page_indptr.size() == B + 1 &&
                      batch.slot_mapping.size() == T && batch.positions.size() == T,
                  "inconsistent AttentionBatch");
@@ -232,6 +236,7 @@ class CudaBackend final : public Backend {
   }
 
   void run_step(const StepKey& key, bool recordable, const std::function<void()>& ops) override {
+    const StepTimer::Kernels timing(timer_, stream_);
     if (!recordable || !options_.graphs) {
       ops();
       return;
@@ -354,8 +359,53 @@ class CudaBackend final : public Backend {
     const int64_t T = x.dim(0), K = x.dim(1), N = weight.dim(0);
     LSERVE_CHECK(weight.dim(1) == K && out.dim(0) == T && out.dim(1) == N, "linear shapes x {} w {} out {}",
                  x.shape.str(), weight.shape.str(), out.shape.str());
+    if (out.dtype == DType::BF16 && options_.skinny_linear && T <= cuda::kSkinnySingleMaxTokens) {
+      const cuda::SkinnyTarget target{bf16_of(weight), bias.empty() ? nullptr : bf16_of(bias), bf16_of(out), N};
+      if (cuda::skinny_linear(bf16_of(x), T, K, &target, 1, stream_)) return;
+    }
     linear_->run(bf16_of(x), bf16_of(weight), bias.empty() ? nullptr : bf16_of(bias), out.data,
                  out.dtype == DType::F32, T, N, K);
+  }
+
+  void linear_group(const Tensor& x, std::span<const LinearOut> outs) override {
+    if (options_.skinny_linear && x.dim(0) <= cuda::kSkinnyGroupMaxTokens &&
+        outs.size() <= static_cast<size_t>(cuda::kSkinnyMaxTargets)) {
+      expect_bf16(x, "linear input");
+      cuda::SkinnyTarget targets[cuda::kSkinnyMaxTargets];
+      bool ok = true;
+      for (size_t i = 0; i < outs.size() && ok; ++i) {
+        const LinearOut& o = outs[i];
+        expect_bf16(*o.weight, "linear weight");
+        if (!o.bias->empty()) expect_bf16(*o.bias, "linear bias");
+        const int64_t N = o.weight->dim(0);
+        LSERVE_CHECK(o.weight->dim(1) == x.dim(1) && o.out.dim(0) == x.dim(0) && o.out.dim(1) == N,
+                     "linear shapes x {} w {} out {}", x.shape.str(), o.weight->shape.str(), o.out.shape.str());
+        ok = o.out.dtype == DType::BF16 && o.out.device == Device::Cuda;
+        targets[i] = {bf16_of(*o.weight), o.bias->empty() ? nullptr : bf16_of(*o.bias), bf16_of(o.out), N};
+      }
+      if (ok && cuda::skinny_linear(bf16_of(x), x.dim(0), x.dim(1), targets, static_cast<int>(outs.size()), stream_))
+        return;
+    }
+    Backend::linear_group(x, outs);
+  }
+
+  void gated_linear(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor gate_out, Tensor up_out,
+                    Tensor out) override {
+    if (options_.skinny_linear && x.dim(0) <= cuda::kSkinnySingleMaxTokens) {
+      expect_bf16(x, "gated_linear input");
+      expect_bf16(gate, "gated_linear gate");
+      expect_bf16(up, "gated_linear up");
+      expect_bf16(out, "gated_linear output");
+      const int64_t F = gate.dim(0);
+      LSERVE_CHECK(up.shape == gate.shape && gate.dim(1) == x.dim(1) && out.dim(0) == x.dim(0) && out.dim(1) == F,
+                   "gated_linear shapes x {} gate {} up {} out {}", x.shape.str(), gate.shape.str(), up.shape.str(),
+                   out.shape.str());
+      if (out.data != x.data &&
+          cuda::skinny_gated_linear(bf16_of(x), x.dim(0), x.dim(1), bf16_of(gate), bf16_of(up), F, bf16_of(out),
+                                    stream_))
+        return;
+    }
+    Backend::gated_linear(x, gate, up, gate_out, up_out, out);
   }
 
   void head_rms_norm(Tensor x, int64_t head_dim, const Tensor& weight, float eps) override {
@@ -484,14 +534,75 @@ class CudaBackend final : public Backend {
   // Fresh selections back to the sequences, as the host selector leaves them, then what each
   // decoding sequence read (SequenceKv::kv_tokens_read, as the CPU backend counts it).
   void end_step(const AttentionBatch& batch) override {
+    const auto finish = std::chrono::steady_clock::now();
     store_fresh_selections(batch);
     if (step_cache_ && step_num_heads_ > 0) count_kv_reads(batch, *step_cache_);
+    timer_.finish(finish, step_stats_);
   }
 
   cudaStream_t stream() const { return stream_; }
   CudaStepStats step_stats() const { return step_stats_; }
 
  private:
+  // Times one decode-only step (CudaStepStats): host clocks around the planning and the
+  // finishing work, CUDA events around the uploads and the kernels. A step's events have
+  // completed by end_step (its results were downloaded); one whose have not is left out.
+  struct StepTimer {
+    using Clock = std::chrono::steady_clock;
+    cudaEvent_t begin = nullptr, kernels_begin = nullptr, kernels_end = nullptr;
+    Clock::time_point start, queued;
+    bool active = false, kernels = false;
+
+    struct Kernels {  // the step's kernels: from run_step's start to its end
+      StepTimer& t;
+      cudaStream_t s;
+      Kernels(StepTimer& timer, cudaStream_t stream) : t(timer), s(stream) {
+        if (!t.active) return;
+        t.queued = Clock::now();
+        LSERVE_CUDA_CHECK(cudaEventRecord(t.kernels_begin, s));
+      }
+      ~Kernels() {
+        if (t.active && cudaEventRecord(t.kernels_end, s) == cudaSuccess) t.kernels = true;
+      }
+    };
+
+    void finish(Clock::time_point finished, CudaStepStats& stats) {
+      if (!active || !kernels) return;
+      active = false;
+      float upload_ms = 0, kernels_ms = 0;
+      if (cudaEventQuery(kernels_end) != cudaSuccess ||
+          cudaEventElapsedTime(&upload_ms, begin, kernels_begin) != cudaSuccess ||
+          cudaEventElapsedTime(&kernels_ms, kernels_begin, kernels_end) != cudaSuccess) {
+        cudaGetLastError();
+        return;
+      }
+      const auto now = Clock::now();
+      auto seconds = [](auto d) { return std::chrono::duration<double>(d).count(); };
+      ++stats.timed_steps;
+      stats.host_plan_s += seconds(queued - start);
+      stats.device_upload_s += upload_ms / 1e3;
+      stats.device_kernels_s += kernels_ms / 1e3;
+      stats.host_finish_s += seconds(now - finished);
+      stats.step_wall_s += seconds(now - start);
+    }
+    void destroy() {
+      for (cudaEvent_t e : {begin, kernels_begin, kernels_end})
+        if (e) cudaEventDestroy(e);
+    }
+  };
+
+  void start_step_timer(const AttentionBatch& batch) {
+    timer_.active = false;
+    timer_.kernels = false;
+    if (capturing_ || batch.num_tokens() == 0 || batch.num_tokens() != batch.num_seqs()) return;  // decode-only steps
+    if (!timer_.begin)
+      for (cudaEvent_t* e : {&timer_.begin, &timer_.kernels_begin, &timer_.kernels_end})
+        LSERVE_CUDA_CHECK(cudaEventCreate(e));
+    timer_.start = StepTimer::Clock::now();
+    LSERVE_CUDA_CHECK(cudaEventRecord(timer_.begin, stream_));
+    timer_.active = true;
+  }
+
   void store_fresh_selections(const AttentionBatch& batch) {
     if (!sel_.planned || sel_.slots == 0) return;
     const int32_t L = sel_.num_layers, U = sel_.num_units, S = sel_.slots, cap = sel_.capacity;
@@ -742,6 +853,7 @@ class CudaBackend final : public Backend {
       sp.q = bf16_of(q);
       sp.num_heads = p.num_heads;
       sp.head_dim = p.head_dim;
+      sp.max_job_heads = sel_.per_query_head ? 1 : sel_.group;
       sp.key_min = bf16_of(cache.key_min(layer));
       sp.key_max = bf16_of(cache.key_max(layer));
       sp.pool_heads = static_cast<int32_t>(cache.heads_in_pool(HeadKind::Retrieval, layer));
@@ -878,6 +990,7 @@ class CudaBackend final : public Backend {
   std::vector<RecordedStep> recorded_;
   bool capturing_ = false;
   CudaStepStats step_stats_;
+  StepTimer timer_;
 
   // ---- page selection of the step ----
   // Device block: the jobs, the sequences' slots, then per layer, slot and KV head a list's

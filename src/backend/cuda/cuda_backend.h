@@ -23,6 +23,9 @@ struct CudaBackendOptions {
   // Page selection (quest, psa, lserve) on the GPU. Off refuses those policies with a clear
   // error (a switch for bisecting a problem to the selector).
   bool gpu_selection = true;
+  // Linear layers of up to 8 rows (decode) on our own kernel, q/k/v and gate/up each in one
+  // launch (skinny_linear.h); off runs every linear on cuBLASLt (tests compare the two).
+  bool skinny_linear = true;
 };
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);
@@ -33,9 +36,15 @@ inline std::unique_ptr<Backend> make_cuda_backend(int device) { return make_cuda
 CUstream_st* cuda_stream_of(Backend& backend);
 
 // How often a CUDA backend recorded a step as a CUDA graph and replayed one (tests check that
-// decode runs from graphs). Fails for any other backend.
+// decode runs from graphs), and where the time of its decode-only steps went (`lserve bench`
+// prints it): host work before the step's kernels are queued (the batch, the selection plan,
+// the attention plan), the device time of the step's uploads and of its kernels (CUDA events),
+// and host work after the step's results came back (storing fresh selections, read counts).
+// Fails for any other backend.
 struct CudaStepStats {
   int64_t recorded = 0, replayed = 0;
+  int64_t timed_steps = 0;  // decode-only steps whose events completed
+  double host_plan_s = 0, device_upload_s = 0, device_kernels_s = 0, host_finish_s = 0, step_wall_s = 0;
 };
 CudaStepStats cuda_step_stats(Backend& backend);
 

@@ -91,15 +91,23 @@ __device__ T block_reduce(T v, Op op, T* shared) {
 
 // ---- 1. scores ----
 
+// Shared memory of a score block for units of up to `heads` query heads of head_dim D: q, the
+// chunk's row scores, and its key min and max rows (stride D + 2: rows start on different banks).
+__host__ __device__ constexpr size_t score_smem_bytes(int heads, int D) {
+  return sizeof(float) * (static_cast<size_t>(heads) * D + static_cast<size_t>(kChunkRows) * heads) +
+         2 * sizeof(__nv_bfloat16) * kChunkRows * static_cast<size_t>(D + 2);
+}
+
 __global__ void __launch_bounds__(kScoreThreads) score_kernel(const SelectParams p, const SelectJob* __restrict__ jobs) {
   extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ int64_t row_base[kChunkRows];  // where each staged row starts in the pools (elements)
   const SelectJob j = jobs[blockIdx.x];
   if (!j.active || keeps_every_page(j)) return;
-  const int D = p.head_dim, G = j.num_heads, per_page = per_page_of(p), stride = D + 2;  // +2: no bank conflicts
+  const int D = p.head_dim, G = j.num_heads, per_page = per_page_of(p), stride = D + 2;
   const Layout lay = layout(G, j.num_pages, per_page, j.max_pages);
-  float* qs = reinterpret_cast<float*>(smem);                      // [G][D]
-  float* row_score = qs + kMaxHeads * kMaxDim;                     // [kChunkRows][G]
-  __nv_bfloat16* kmin = reinterpret_cast<__nv_bfloat16*>(row_score + kChunkRows * kMaxHeads);  // [rows][stride]
+  float* qs = reinterpret_cast<float*>(smem);                  // [G][D]
+  float* row_score = qs + p.max_job_heads * D;                 // [kChunkRows][G]
+  __nv_bfloat16* kmin = reinterpret_cast<__nv_bfloat16*>(row_score + kChunkRows * p.max_job_heads);  // [rows][stride]
   __nv_bfloat16* kmax = kmin + kChunkRows * stride;
   unsigned char* base = scratch_of(p, j);
   float* scores = reinterpret_cast<float*>(base + lay.scores);      // [G][n]
@@ -111,15 +119,21 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const SelectParams
   const int32_t n = j.num_pages, ppc = lay.pages_per_chunk;
   for (int32_t c = blockIdx.y; c < lay.score_chunks; c += gridDim.y) {
     const int32_t page0 = c * ppc, pages = min(ppc, n - page0), rows = pages * per_page;
-    // Stage the chunk's rows (4-byte words; a row of D channels is contiguous in the pool).
-    const int words = D / 2;
-    for (int e = threadIdx.x; e < rows * words; e += kScoreThreads) {
-      const int r = e / words, w = e % words;
-      const int32_t i = page0 + r / per_page;
-      const int64_t row = (int64_t{p.page_indices[j.pages_begin + i]} * p.pool_heads + j.pool_index) * per_page +
-                          r % per_page;
-      reinterpret_cast<uint32_t*>(kmin + r * stride)[w] = reinterpret_cast<const uint32_t*>(p.key_min + row * D)[w];
-      reinterpret_cast<uint32_t*>(kmax + r * stride)[w] = reinterpret_cast<const uint32_t*>(p.key_max + row * D)[w];
+    for (int r = threadIdx.x; r < rows; r += kScoreThreads)
+      row_base[r] = ((int64_t{p.page_indices[j.pages_begin + page0 + r / per_page]} * p.pool_heads + j.pool_index) *
+                         per_page + r % per_page) * D;
+    __syncthreads();
+    // Stage the chunk's rows in 16-byte loads (a row of D channels is contiguous in the pool;
+    // D is a multiple of 8), stored as 4-byte words at the padded stride.
+    const int vecs = D / 8;
+    for (int e = threadIdx.x; e < rows * vecs; e += kScoreThreads) {
+      const int r = e / vecs, v = e % vecs;
+      const uint4 lo = *reinterpret_cast<const uint4*>(p.key_min + row_base[r] + v * 8);
+      const uint4 hi = *reinterpret_cast<const uint4*>(p.key_max + row_base[r] + v * 8);
+      uint32_t* dlo = reinterpret_cast<uint32_t*>(kmin + r * stride + v * 8);
+      uint32_t* dhi = reinterpret_cast<uint32_t*>(kmax + r * stride + v * 8);
+      dlo[0] = lo.x, dlo[1] = lo.y, dlo[2] = lo.z, dlo[3] = lo.w;
+      dhi[0] = hi.x, dhi[1] = hi.y, dhi[2] = hi.z, dhi[3] = hi.w;
     }
     __syncthreads();
     // Each (row, head): the Quest bound over the channels in order, as the host sums it. Rows
@@ -293,6 +307,8 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const SelectParams p
     __syncthreads();
     if (threadIdx.x < 32) {  // the digit where the count from the top reaches `remaining`: a warp scan
       const int lane = threadIdx.x;
+      // Read before the shuffles (a warp-wide barrier): one lane rewrites `remaining` below.
+      const int32_t want = remaining;
       int32_t mine = 0;  // bins 255 - 8 lane .. 248 - 8 lane
       for (int e = 0; e < 8; ++e) mine += hist[255 - 8 * lane - e];
       int32_t incl = mine;
@@ -300,7 +316,8 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const SelectParams p
         const int32_t v = __shfl_up_sync(0xffffffffu, incl, o);
         if (lane >= o) incl += v;
       }
-      const int32_t want = remaining, excl = incl - mine;
+      const int32_t excl = incl - mine;
+      __syncwarp();  // every lane has read `remaining` (racecheck does not count the shuffles)
       if (excl < want && want <= incl) {  // exactly one lane
         int32_t cum = excl, b = 255 - 8 * lane;
         while (cum + hist[b] < want) cum += hist[b--];
@@ -398,11 +415,6 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const SelectParams p
   }
 }
 
-constexpr size_t score_smem_bytes() {
-  return sizeof(float) * (kMaxHeads * kMaxDim + kChunkRows * kMaxHeads) +
-         2 * sizeof(__nv_bfloat16) * kChunkRows * (kMaxDim + 2);
-}
-
 // Blocks per job along the chunks: enough for a few waves over the GPU, whatever the batch.
 unsigned blocks_per_job(int32_t num_jobs) {
   static const int sms = [] {
@@ -422,14 +434,15 @@ size_t select_scratch_bytes(int32_t num_heads, int32_t num_pages, int32_t pages_
 
 void select_pages(const SelectParams& p, const SelectJob* jobs, int32_t num_jobs, cudaStream_t stream) {
   if (num_jobs == 0) return;
-  static const bool attribute_set = [] {
+  static const bool attribute_set = [] {  // room for the largest units and head dims
     LSERVE_CUDA_CHECK(cudaFuncSetAttribute(score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(score_smem_bytes())));
+                                           static_cast<int>(score_smem_bytes(kMaxHeads, kMaxDim))));
     return true;
   }();
   (void)attribute_set;
   const dim3 grid(static_cast<unsigned>(num_jobs), blocks_per_job(num_jobs));
-  score_kernel<<<grid, kScoreThreads, score_smem_bytes(), stream>>>(p, jobs);
+  // Sized for this launch's units, not the largest: more blocks fit on an SM.
+  score_kernel<<<grid, kScoreThreads, score_smem_bytes(p.max_job_heads, p.head_dim), stream>>>(p, jobs);
   LSERVE_CUDA_CHECK_LAUNCH();
   sums_kernel<<<grid, kMassThreads, 0, stream>>>(p, jobs);
   LSERVE_CUDA_CHECK_LAUNCH();

@@ -1,0 +1,38 @@
+// Where the decode steps of a benchmark spent their time on a CUDA backend, from the backend's
+// own host clocks and CUDA events (CudaStepStats): a snapshot before the timed steps, the
+// difference after. On any other backend it measures nothing.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+namespace lserve {
+class Backend;
+}
+
+namespace lserve::cli {
+
+struct DecodeBreakdown {  // per decode step, in milliseconds
+  int64_t steps = 0;
+  double host_plan = 0, device_upload = 0, device_kernels = 0, host_finish = 0, forward_wall = 0;
+};
+
+class DecodeTimer {
+ public:
+  explicit DecodeTimer(Backend& backend);
+  void start();  // before timed decode steps
+  void stop();   // after them; several start/stop spans add up
+  // The spans' steps, averaged; nothing on a backend without step statistics or no steps.
+  std::optional<DecodeBreakdown> result() const;
+
+ private:
+  Backend& backend_;
+  bool cuda_ = false;
+  DecodeBreakdown begin_, sum_;
+};
+
+// The breakdown as one line on stderr, against the step time the benchmark measured around
+// the whole generation loop (its remainder is the engine's host work outside the forward pass).
+void print_decode_breakdown(const DecodeBreakdown& b, double measured_step_ms, int64_t context, int64_t batch);
+
+}  // namespace lserve::cli
