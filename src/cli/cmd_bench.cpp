@@ -218,7 +218,7 @@ void report_breakdown(const DecodeTimer& timer, CsvOut& csv, int64_t n, int64_t 
   print_decode_breakdown(*b, 1000.0 / steps_per_s, n, B);
   csv.row("decode_host_plan", n, B, b->host_plan, "ms");
   csv.row("decode_device_kernels", n, B, b->device_kernels, "ms");
-  csv.row("decode_device_upload", n, B, b->device_upload, "ms");
+  csv.row("decode_device_before_kernels", n, B, b->device_before_kernels, "ms");
   csv.row("decode_host_finish", n, B, b->host_finish, "ms");
   csv.row("decode_forward_wall", n, B, b->forward_wall, "ms");
 }

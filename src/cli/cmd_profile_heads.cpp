@@ -113,7 +113,8 @@ void run_profile(ProfileOptions o) {
 
 void add_profile_heads_command(CLI::App& app) {
   auto o = std::make_shared<ProfileOptions>();
-  o->tasks = {"passkey", "niah", "multikey", "kv"};
+  o->tasks.clear();
+  for (eval::Task t : o->profile.tasks) o->tasks.emplace_back(eval::task_name(t));
   CLI::App* cmd = app.add_subcommand("profile-heads", "Find the retrieval heads of a model and write its head-pattern file");
   add_model_options(cmd, o->model);
   cmd->add_option("--out,-o", o->out, "pattern file to write (default: MODEL/head_pattern.txt, which lserve then uses)");

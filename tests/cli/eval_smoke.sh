@@ -4,14 +4,7 @@
 # must come out; bad flags end in a one-line error; and the samples it builds must be identical
 # to python/eval_tasks.py's (prompt text, answer, slots), token counts from `lserve tokenize`.
 # Usage: eval_smoke.sh path/to/lserve
-set -uo pipefail
-lserve=$1
-here=$(cd "$(dirname "$0")/../.." && pwd)
-model=$here/models/lserve-tiny-16k
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failed=0
-fail() { echo "FAIL $*"; failed=$((failed + 1)); }
+source "$(dirname "$0")/lib.sh" "$@"
 
 # 1. JSON: passkey at 1K tokens, 2 samples at each of the default 11 depths.
 if "$lserve" eval --model "$model" --task passkey --lengths 1024 --samples 2 --json --png "$tmp/grid.png" \

@@ -569,9 +569,9 @@ class CudaBackend final : public Backend {
     void finish(Clock::time_point finished, CudaStepStats& stats) {
       if (!active || !kernels) return;
       active = false;
-      float upload_ms = 0, kernels_ms = 0;
+      float before_ms = 0, kernels_ms = 0;
       if (cudaEventQuery(kernels_end) != cudaSuccess ||
-          cudaEventElapsedTime(&upload_ms, begin, kernels_begin) != cudaSuccess ||
+          cudaEventElapsedTime(&before_ms, begin, kernels_begin) != cudaSuccess ||
           cudaEventElapsedTime(&kernels_ms, kernels_begin, kernels_end) != cudaSuccess) {
         cudaGetLastError();
         return;
@@ -580,7 +580,7 @@ class CudaBackend final : public Backend {
       auto seconds = [](auto d) { return std::chrono::duration<double>(d).count(); };
       ++stats.timed_steps;
       stats.host_plan_s += seconds(queued - start);
-      stats.device_upload_s += upload_ms / 1e3;
+      stats.device_before_kernels_s += before_ms / 1e3;
       stats.device_kernels_s += kernels_ms / 1e3;
       stats.host_finish_s += seconds(now - finished);
       stats.step_wall_s += seconds(now - start);

@@ -38,13 +38,14 @@ CUstream_st* cuda_stream_of(Backend& backend);
 // How often a CUDA backend recorded a step as a CUDA graph and replayed one (tests check that
 // decode runs from graphs), and where the time of its decode-only steps went (`lserve bench`
 // prints it): host work before the step's kernels are queued (the batch, the selection plan,
-// the attention plan), the device time of the step's uploads and of its kernels (CUDA events),
+// the attention plan); on the device's clock (CUDA events), the time from the step's start to
+// its first kernel (the uploads, and the device waiting for that host work) and the kernels';
 // and host work after the step's results came back (storing fresh selections, read counts).
 // Fails for any other backend.
 struct CudaStepStats {
   int64_t recorded = 0, replayed = 0;
   int64_t timed_steps = 0;  // decode-only steps whose events completed
-  double host_plan_s = 0, device_upload_s = 0, device_kernels_s = 0, host_finish_s = 0, step_wall_s = 0;
+  double host_plan_s = 0, device_before_kernels_s = 0, device_kernels_s = 0, host_finish_s = 0, step_wall_s = 0;
 };
 CudaStepStats cuda_step_stats(Backend& backend);
 
