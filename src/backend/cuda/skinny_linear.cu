@@ -1,6 +1,7 @@
 // Linear layers of a few rows of x: each warp owns two rows of weights (of one target; gated,
-// two of gate and the same two of up) and streams them in 16-byte loads, four in flight per row
-// and lane, against x held in shared memory; a warp reduction per output ends it. Weights are
+// two of gate and the same two of up) and streams them in 16-byte loads, two batches of four in
+// flight per row and lane, against x held in shared memory; a warp reduction per output ends
+// it. The reference it is tested against is cuBLASLt's path (and the CPU's linear). Weights are
 // read with the streaming hint (.cs): they pass once per step and should not push the KV cache
 // and the selector's key summaries out of L2.
 #include "backend/cuda/cuda_check.h"
