@@ -62,6 +62,8 @@ configs=(
   "lserve_b1024_6tasks_x4|8kx4|--attention lserve --token-budget 1024 --head-pattern $out/heads_6tasks.txt"
   "lserve_b1024_6tasks_16k|16k|--attention lserve --token-budget 1024 --head-pattern $out/heads_6tasks.txt"
   "lserve_b1024_6tasks_16kmk|16kmk|--attention lserve --token-budget 1024 --head-pattern $out/heads_6tasks.txt"
+  "streaming_6tasks_x4|8kx4|--attention streaming --head-pattern $out/heads_6tasks.txt"
+  "lserve_b512_6tasks|8k|--attention lserve --token-budget 512 --head-pattern $out/heads_6tasks.txt"
 )
 for entry in "${configs[@]}"; do
   IFS='|' read -r name grid flagtext <<<"$entry"
