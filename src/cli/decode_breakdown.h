@@ -1,6 +1,7 @@
 // Where the decode steps of a benchmark spent their time on a CUDA backend, from the backend's
 // own host clocks and CUDA events (CudaStepStats): a snapshot before the timed steps, the
-// difference after. On any other backend it measures nothing.
+// difference after (making one turns the backend's step timing on). On any other backend it
+// measures nothing.
 #pragma once
 
 #include <cstdint>

@@ -542,6 +542,7 @@ class CudaBackend final : public Backend {
 
   cudaStream_t stream() const { return stream_; }
   CudaStepStats step_stats() const { return step_stats_; }
+  void enable_step_timing() { time_steps_ = true; }
 
  private:
   // Times one decode-only step (CudaStepStats): host clocks around the planning and the
@@ -594,7 +595,7 @@ class CudaBackend final : public Backend {
   void start_step_timer(const AttentionBatch& batch) {
     timer_.active = false;
     timer_.kernels = false;
-    if (capturing_ || batch.num_tokens() == 0 || batch.num_tokens() != batch.num_seqs()) return;  // decode-only steps
+    if (!time_steps_ || capturing_ || batch.num_tokens() == 0 || batch.num_tokens() != batch.num_seqs()) return;  // decode-only steps
     if (!timer_.begin)
       for (cudaEvent_t* e : {&timer_.begin, &timer_.kernels_begin, &timer_.kernels_end})
         LSERVE_CUDA_CHECK(cudaEventCreate(e));
@@ -991,6 +992,7 @@ class CudaBackend final : public Backend {
   bool capturing_ = false;
   CudaStepStats step_stats_;
   StepTimer timer_;
+  bool time_steps_ = false;  // enable_cuda_step_timing
 
   // ---- page selection of the step ----
   // Device block: the jobs, the sequences' slots, then per layer, slot and KV head a list's
@@ -1043,6 +1045,12 @@ CudaStepStats cuda_step_stats(Backend& backend) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   LSERVE_CHECK(cuda != nullptr, "{} is not a CUDA backend", backend.name());
   return cuda->step_stats();
+}
+
+void enable_cuda_step_timing(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  LSERVE_CHECK(cuda != nullptr, "{} is not a CUDA backend", backend.name());
+  cuda->enable_step_timing();
 }
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options) {

@@ -48,6 +48,9 @@ struct CudaStepStats {
   double host_plan_s = 0, device_before_kernels_s = 0, device_kernels_s = 0, host_finish_s = 0, step_wall_s = 0;
 };
 CudaStepStats cuda_step_stats(Backend& backend);
+// Turns the timing of decode-only steps on (off by default: three event records and two clock
+// reads a step that serving does not need). Fails for any other backend.
+void enable_cuda_step_timing(Backend& backend);
 
 // Number of CUDA devices usable here (0 when there is no driver or no GPU); never throws.
 int cuda_device_count();

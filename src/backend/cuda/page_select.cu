@@ -441,8 +441,10 @@ void select_pages(const SelectParams& p, const SelectJob* jobs, int32_t num_jobs
   }();
   (void)attribute_set;
   const dim3 grid(static_cast<unsigned>(num_jobs), blocks_per_job(num_jobs));
-  // Sized for this launch's units, not the largest: more blocks fit on an SM.
-  score_kernel<<<grid, kScoreThreads, score_smem_bytes(p.max_job_heads, p.head_dim), stream>>>(p, jobs);
+  // Sized for this launch's units, not the largest: more blocks fit on an SM. (Unset: the largest.)
+  SelectParams sized = p;
+  if (sized.max_job_heads <= 0 || sized.max_job_heads > kMaxHeads) sized.max_job_heads = kMaxHeads;
+  score_kernel<<<grid, kScoreThreads, score_smem_bytes(sized.max_job_heads, sized.head_dim), stream>>>(sized, jobs);
   LSERVE_CUDA_CHECK_LAUNCH();
   sums_kernel<<<grid, kMassThreads, 0, stream>>>(p, jobs);
   LSERVE_CUDA_CHECK_LAUNCH();

@@ -44,7 +44,7 @@ struct SelectJob {
 struct SelectParams {
   const __nv_bfloat16* q;  // [rows, num_heads, head_dim]
   int32_t num_heads, head_dim;  // head_dim: a multiple of 8
-  int32_t max_job_heads;        // the most query heads of any job of the launch (<= kSelectMaxHeads)
+  int32_t max_job_heads;        // the most query heads of any job of the launch (0: kSelectMaxHeads)
   const __nv_bfloat16* key_min;  // [pool pages, pool heads, page_size / logical, head_dim]
   const __nv_bfloat16* key_max;
   int32_t pool_heads, page_size, logical_page_size;
