@@ -7,7 +7,9 @@
 // windows, and decode), and LServe's decode with the GPU page selector against dense decode.
 // Prints one line per case; numbers are medians of timed repeats after a warm-up.
 //
-//   cuda_attention_timing [dense] [streaming] [lserve]   (the sections to run; default all)
+//   cuda_attention_timing [dense] [streaming] [lserve] [profile] [list-keys=N] [batch=N]
+//   (the sections to run, default all; list-keys and batch: see run())
+#include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -30,6 +32,11 @@ namespace lserve {
 namespace {
 
 constexpr int64_t kHeads = 32, kKvHeads = 8, kHeadDim = 128;
+
+// Set by the "profile" section: each timed call runs once after its warm-up, between
+// cudaProfilerStart and Stop, so that `ncu --profile-from-start off` sees exactly one step.
+bool g_profile_once = false;
+int32_t g_list_keys = 0;  // list-keys=N: keys per split of a page list (CudaBackendOptions)
 
 using bench::copy_bandwidth;
 using bench::median;
@@ -91,6 +98,13 @@ double time_attention(Backend& gpu, KvCache& cache, const AttentionBatch& batch,
                                        plan_selection ? &cache : nullptr});
   gpu.attention(cache, 0, q, batch, scale, out);  // warm-up: module load, plan upload
   gpu.synchronize();
+  if (g_profile_once) {
+    LSERVE_CUDA_CHECK(cudaProfilerStart());
+    gpu.attention(cache, 0, q, batch, scale, out);
+    gpu.synchronize();
+    LSERVE_CUDA_CHECK(cudaProfilerStop());
+    return 0.0;
+  }
   // Timed on the GPU with events around `reps` back-to-back launches (as a decode step's layers
   // run them: no host sync in between), so a short kernel's time is its own and not the host's
   // launch-and-wait latency. reps is picked so one sample is ~20 ms of work.
@@ -186,7 +200,9 @@ struct SelectedTiming {
   double fresh_ms, reused_ms, fresh_bytes, reused_bytes;
 };
 SelectedTiming time_selected_decode(int32_t n, int32_t batch_size, SelectionGranularity granularity) {
-  auto gpu = make_cuda_backend(0);
+  CudaBackendOptions options;
+  options.decode_list_keys = g_list_keys;
+  auto gpu = make_cuda_backend(options);
   const ModelConfig config = layer_config();
   SparsityConfig sp;
   sp.policy = AttentionPolicy::LServe;
@@ -226,7 +242,15 @@ SelectedTiming time_selected_decode(int32_t n, int32_t batch_size, SelectionGran
 }
 
 // sections: any of "dense", "streaming", "lserve" (empty: all); "profile" runs one LServe case alone.
-int run(const std::vector<std::string>& sections) {
+// Options among them: list-keys=N (LServe's page-list splits), batch=N (LServe's batch sizes: 1, 8
+// or both).
+int run(std::vector<std::string> sections) {
+  int32_t only_batch = 0;
+  std::erase_if(sections, [&](const std::string& a) {
+    if (a.rfind("list-keys=", 0) == 0) return g_list_keys = std::stoi(a.substr(10)), true;
+    if (a.rfind("batch=", 0) == 0) return only_batch = std::stoi(a.substr(6)), true;
+    return false;
+  });
   auto want_only = [&](const char* name) { return std::find(sections.begin(), sections.end(), name) != sections.end(); };
   auto want = [&](const char* name) { return sections.empty() || want_only(name); };
   if (cuda_device_count() == 0) {
@@ -282,16 +306,18 @@ int run(const std::vector<std::string>& sections) {
   }
 
   if (want_only("profile")) {
-    // One LServe case only, for a profiler: at 256K x1, a selecting step's launches come first
-    // (its warm-up), then the reusing step's.
-    const SelectedTiming st = time_selected_decode(262144, 1, SelectionGranularity::KvHead);
-    std::printf("profile: decode 256K x1 shared: select + read %.3f ms, reuse %.3f ms\n", st.fresh_ms, st.reused_ms);
+    // One LServe case only, for a profiler: at 256K x1, one selecting step, then one reusing
+    // step, each after its own warm-up and alone between cudaProfilerStart and Stop.
+    g_profile_once = true;
+    time_selected_decode(262144, 1, SelectionGranularity::KvHead);
+    std::printf("profile: decode 256K x1 shared: one selecting step, then one reusing step\n");
     return 0;
   }
   if (!want("lserve")) return 0;
   std::printf("\nLServe decode (half the heads streaming, the rest selecting under a 4096-token budget, every 4 "
               "steps);\nselector = select + read - reuse; GB/s: the least bytes the step must read over its time\n");
   for (int32_t B : {1, 8}) {
+    if (only_batch > 0 && B != only_batch) continue;
     for (int32_t n : {65536, 131072, 262144, 524288}) {
       const Timing dense = time_case(*gpu, Case{"dense", std::vector<std::pair<int32_t, int32_t>>(B, {n - 1, 1})}, 64);
       for (const auto& [gname, g] : {std::pair{"shared", SelectionGranularity::KvHead},

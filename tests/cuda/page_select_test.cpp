@@ -1,10 +1,11 @@
 // The GPU page selector (backend/cuda/page_select.h) against the host's (sparse/page_selector.h)
 // on long contexts: up to 16000 pages (every kernel striding over its chunks), pages whose
 // summaries are identical (exact ties, broken by the lower index), PSA stopping on its mass and
-// on its bound, a budget of more candidates than the pick sorts in shared memory, a budget of
-// two pages, groups of 1 to 16 heads, a partial last page whose unused rows would win if read,
-// one-token logical pages, a job that keeps every page, and an inactive job. The lists and counts
-// must be the host's exactly, and nothing may be written past a list.
+// on its bound, a budget of more candidates than the pick sorts in shared memory, budgets and
+// contexts past the sorted-lists merge (the radix select instead), a budget of two pages,
+// groups of 1 to 16 heads, a partial last page whose unused rows would win if read, one-token
+// logical pages, a job that keeps every page, and an inactive job. The lists and counts must be
+// the host's exactly, nothing may be written past a list, and the counters must end at zero.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
@@ -134,12 +135,17 @@ void expect_host_picks(int32_t P, int32_t LP, const std::vector<JobCase>& cases,
   auto* dout = device_copy(std::vector<int32_t>(static_cast<size_t>(out_at), -7));
   auto* dcounts = device_copy(std::vector<int32_t>(jobs.size(), -7));
   auto* dscratch = device_copy(std::vector<unsigned char>(scratch_at, 0xff));  // NaN-filled: unread
+  auto* darrivals = device_copy(std::vector<uint32_t>(jobs.size(), 0));
 
   cuda::SelectParams p{};
   p.q = dq;
   p.num_heads = kHeads;
   p.head_dim = D;
+  int32_t longest = 0;
   for (const cuda::SelectJob& j : jobs) p.max_job_heads = std::max(p.max_job_heads, j.num_heads);
+  for (const cuda::SelectJob& j : jobs) longest = std::max(longest, j.num_pages);
+  // The grid of a recording made at a quarter of the longest context: its blocks stride.
+  p.grid_pages = cuda::select_grid_pages(longest / 4);
   p.key_min = dkmin;
   p.key_max = dkmax;
   p.pool_heads = pool_heads;
@@ -150,8 +156,12 @@ void expect_host_picks(int32_t P, int32_t LP, const std::vector<JobCase>& cases,
   p.out_pages = dout;
   p.out_counts = dcounts;
   p.scratch = dscratch;
+  p.arrivals = darrivals;
   cuda::select_pages(p, djobs, static_cast<int32_t>(jobs.size()), nullptr);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<uint32_t> arrivals(jobs.size(), 7);
+  ASSERT_EQ(cudaMemcpy(arrivals.data(), darrivals, arrivals.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(arrivals, std::vector<uint32_t>(jobs.size(), 0)) << "the selector must leave its counters zero";
 
   std::vector<int32_t> out(static_cast<size_t>(out_at)), counts(jobs.size());
   ASSERT_EQ(cudaMemcpy(out.data(), dout, out.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
@@ -175,7 +185,7 @@ void expect_host_picks(int32_t P, int32_t LP, const std::vector<JobCase>& cases,
   }
   for (void* d : {static_cast<void*>(dq), static_cast<void*>(dkmin), static_cast<void*>(dkmax),
                   static_cast<void*>(dtable), static_cast<void*>(djobs), static_cast<void*>(dout),
-                  static_cast<void*>(dcounts), static_cast<void*>(dscratch)})
+                  static_cast<void*>(dcounts), static_cast<void*>(dscratch), static_cast<void*>(darrivals)})
     cudaFree(d);
 }
 
@@ -205,6 +215,7 @@ TEST_F(CudaPageSelect, LongContextsMatchTheHostSelector) {
       {"psa: stops on its mass, 8..300 pages", 4, 8, 1, 4000, 33, {300, 8, -1.0}, false},
       {"psa: the upper bound binds", 2, 12, 0, 1200, 5, {20, 4, 0.999}, true},
       {"2600 of 3000 pages: the sort in scratch", 2, 2, 2, 3000, 48, {2600, 0, 0.0}, false},
+      {"100 of 16000 pages: more chunk lists than the merge holds", 4, 0, 1, 16000, 9, {102, 0, 0.0}, false},
       {"a budget of two pages: the first and the last", 4, 4, 0, 700, 20, {2, 0, 0.0}, false},
       {"short: keeps every page", 4, 0, 0, 50, 10, {64, 0, 0.0}, false},
       {"inactive", 4, 4, 1, 900, 64, {64, 0, 0.0}, false, false},

@@ -7,7 +7,7 @@
 //                        sm_90 head_dim 64 and 128 go to attention_prefill_hopper instead: wgmma,
 //                        128-row tiles, a producer warpgroup loading K/V for two consumers.
 //   attention_decode     one query per sequence, split along the context (flash-decoding);
-//                        attention_decode_merge combines the splits' partial softmax states.
+//                        the last split of a sequence to finish merges the splits' states.
 // attention_plan.h decides which sequence goes to which kernel and how it is split.
 #pragma once
 
@@ -108,14 +108,17 @@ static_assert(kPrefillItemRows % kPrefillRows == 0, "an item is whole blocks of 
 // head's page list instead (clipped to its length on the device), and `selected` is the number
 // of splits its lists are read in; its streaming heads' window tiles are spread over the same
 // splits, so that no block of the launch walks more than a few tiles.
+// merge: the sequence's MergeItem (its splits), or -1 for a sequence of one split.
 struct DecodeItem {
-  int32_t seq, key_begin, key_end, partial, selected;
+  int32_t seq, key_begin, key_end, partial, selected, merge;
 };
-// Keys (whole pages) per split of a page list: one tile. A budget of 4096 keys then takes 64+
-// blocks per KV head, enough to fill the GPU for one sequence; at 256 keys per split (four
-// tiles walked in turn) a 256K step's decode took 23 us, latency-bound at 6% occupancy (ncu).
-inline constexpr int kDecodeListKeys = 64;
-inline constexpr int kDecodeMaxMergeSplits = 1024;  // splits one merge combines (its shared memory)
+// Keys (whole pages) per split of a page list: two tiles, the second loading while the first
+// is computed. A budget of 4096 keys then takes 32+ blocks per KV head. Measured at 256K, batch
+// 1 (H200): 256 keys per split (four tiles in turn) took 23 us a reusing step, latency-bound at
+// 6% occupancy (ncu); 64 keys (one tile) 22 us with the merge fused in, 552 blocks in 1.4
+// waves; 128 keys 18 us.
+inline constexpr int kDecodeListKeys = 128;
+inline constexpr int kDecodeMaxMergeSplits = 1024;  // splits of one sequence, at most
 // Partial states first_partial .. first_partial + num_splits - 1 hold sequence `seq`'s splits.
 struct MergeItem {
   int32_t seq, first_partial, num_splits;
@@ -157,14 +160,13 @@ void attention_prefill_hopper(const AttentionParams& p, const PrefillItem* items
                               cudaStream_t stream);
 // partial_o: [num_partials, num_heads, head_dim] f32 (normalized), partial_lse: [num_partials,
 // num_heads] f32, log2 of the split's softmax denominator plus its max, in log2 units.
-// The item counts are read on the device (num_items, num_merges: one int each), and the grids
-// cover `grid_items` / `grid_merges` items, at least the counts: a recorded step (CUDA graph)
-// launches the same grid every replay while the number of splits grows with the context; blocks
-// past the count return at once.
+// merges: the plan's MergeItems (DecodeItem::merge); arrivals: [merges, num_kv_heads,
+// decode_blocks_per_kv_head] counters, zero before the first launch and left zero by each.
+// The item count is read on the device (num_items: one int), and the grid covers `grid_items`
+// items, at least the count: a recorded step (CUDA graph) launches the same grid every replay
+// while the number of splits grows with the context; blocks past the count return at once.
 void attention_decode(const AttentionParams& p, const DecodeItem* items, const int32_t* num_items, int32_t grid_items,
-                      float* partial_o, float* partial_lse, cudaStream_t stream);
-void attention_decode_merge(const AttentionParams& p, const MergeItem* items, const int32_t* num_merges,
-                            int32_t grid_merges, const float* partial_o, const float* partial_lse,
-                            cudaStream_t stream);
+                      float* partial_o, float* partial_lse, const MergeItem* merges, uint32_t* arrivals,
+                      cudaStream_t stream);
 
 }  // namespace lserve::cuda

@@ -6,7 +6,9 @@
 // holds; the block streams 64-key tiles through cp.async double buffering and each warp takes 16
 // keys of every tile, keeping its own online-softmax state. At the end the four warp states are
 // merged through shared memory; a sequence of one split writes its output directly, otherwise
-// the split writes its normalized output and log-sum-exp for attention_decode_merge.
+// the split writes its normalized output and log-sum-exp, and the last of the sequence's splits
+// to finish (a counter per sequence and KV head) merges them: no second launch, whose start and
+// 32-block grid cost a reusing LServe step at 256K more than the merge itself (ncu).
 // Decode is bound by reading K and V; the MMAs (16 rows, G of them real) are not the limit.
 // With one page selection per query head (LServe's granularity), a selecting retrieval head has
 // a block per query head, each reading its own pages as a one-row tile: up to G times the bytes
@@ -36,7 +38,7 @@ namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps, kKeys = 16 * kWarps;
 static_assert(kKeys == kDecodeTileKeys, "splits are whole tiles");
-constexpr int kMaxSplits = kDecodeMaxMergeSplits;  // the merge keeps the splits' weights in shared memory
+constexpr int kMaxSplits = kDecodeMaxMergeSplits;
 
 template <int D>
 constexpr size_t decode_smem_bytes() {
@@ -45,6 +47,65 @@ constexpr size_t decode_smem_bytes() {
 
 // One split of one sequence for query heads head0 .. head0 + rows - 1 of one KV head (its whole
 // group, or one head that selected its own pages), over the keys `tiles` gives.
+// The splits of `m` for query heads head0 .. head0 + rows - 1 into the output, by the last
+// block of the sequence's splits (every split's state is in L2 or memory by then). Each row is
+// a group of D / 4 threads, each summing four dimensions over the splits in order, so the
+// result does not depend on which block came last. Splits that saw no key have weight 0 and
+// are not read (their partial output is never written).
+template <int D>
+__device__ void merge_splits(const AttentionParams& p, const MergeItem m, const int head0, const int rows,
+                             const float* __restrict__ partial_o, const float* __restrict__ partial_lse) {
+  constexpr int kLanes = D / 4, kRowsPerPass = kThreads / kLanes;
+  static_assert(kThreads % kLanes == 0 && kLanes <= 32, "a row's threads are within one warp");
+  const int H = p.num_heads, lane = threadIdx.x % kLanes;
+  const int32_t t = p.query_start[m.seq];
+  for (int r0 = 0; r0 < rows; r0 += kRowsPerPass) {
+    const int r = r0 + static_cast<int>(threadIdx.x) / kLanes;
+    const bool active = r < rows;
+    const int head = head0 + (active ? r : 0);
+    const float* lse = partial_lse + int64_t{m.first_partial} * H + head;
+    float mx = -INFINITY;
+    if (active)
+      for (int32_t s = lane; s < m.num_splits; s += kLanes) mx = fmaxf(mx, __ldcg(lse + int64_t{s} * H));
+    for (int o = kLanes / 2; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o, kLanes));
+    if (!active) continue;
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float wsum = 0.0f;
+    const float* po = partial_o + (int64_t{m.first_partial} * H + head) * D + lane * 4;
+#pragma unroll 8
+    for (int32_t s = 0; s < m.num_splits; ++s) {
+      const float w = exp2f(__ldcg(lse + int64_t{s} * H) - mx);
+      if (w == 0.0f) continue;
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(po + int64_t{s} * H * D));
+      acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
+      wsum += w;
+    }
+    bf16* out = p.out + (int64_t{t} * H + head) * D + lane * 4;
+    out[0] = __float2bfloat16_rn(acc.x / wsum);
+    out[1] = __float2bfloat16_rn(acc.y / wsum);
+    out[2] = __float2bfloat16_rn(acc.z / wsum);
+    out[3] = __float2bfloat16_rn(acc.w / wsum);
+  }
+}
+
+// After a split's state is written: the last split of the sequence (for this KV head, or this
+// query head with its own pages) to arrive merges them all. The counter wraps to zero on the
+// last arrival, ready for the next launch.
+template <int D>
+__device__ void arrive_and_merge(const AttentionParams& p, const DecodeItem item, const int head0, const int rows,
+                                 const float* __restrict__ partial_o, const float* __restrict__ partial_lse,
+                                 const MergeItem* __restrict__ merges, uint32_t* arrival) {
+  __shared__ int last;
+  const MergeItem m = merges[item.merge];
+  __threadfence();  // this block's state before its arrival
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicInc(arrival, static_cast<unsigned>(m.num_splits - 1)) == static_cast<unsigned>(m.num_splits - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  merge_splits<D>(p, m, head0, rows, partial_o, partial_lse);
+}
+
 template <int D, class Tiles>
 __device__ void decode_split(const AttentionParams& p, const DecodeItem item, const Tiles tiles, const HeadKv hv,
                              const int head0, const int rows, float* __restrict__ partial_o,
@@ -57,6 +118,12 @@ __device__ void decode_split(const AttentionParams& p, const DecodeItem item, co
   bf16* sv = sk + 2 * kKeys * kStride;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int32_t t = p.query_start[item.seq];  // the sequence's one new token
+  const int32_t n = tiles.count();
+  if (n == 0 && item.partial >= 0) {  // no key of this split is visible (a streaming head's window
+    for (int r = threadIdx.x; r < rows; r += kThreads)  // elsewhere, a list's unused entries)
+      partial_lse[int64_t{item.partial} * p.num_heads + head0 + r] = -INFINITY;
+    return;
+  }
 
   for (int c = threadIdx.x; c < 16 * (D / 8); c += kThreads) {
     const int r = c / (D / 8), ch = c % (D / 8);
@@ -64,7 +131,6 @@ __device__ void decode_split(const AttentionParams& p, const DecodeItem item, co
     const bf16* src = valid ? p.q + (int64_t{t} * p.num_heads + head0 + r) * D + ch * 8 : p.q;
     tile::cp_async_16(sq + r * kStride + ch * 8, src, valid);
   }
-  const int32_t n = tiles.count();
   tile::load_kv_tile<D, kKeys, kThreads>(sk, sv, p, hv, tiles.begin(0), tiles.end(0));
   tile::cp_async_commit();
   const float scale_log2 = p.scale * tile::kLog2e;
@@ -134,8 +200,7 @@ __device__ void decode_split(const AttentionParams& p, const DecodeItem item, co
       acc += wo[(w * 16 + r) * D + d] * f;
     }
     const int head = head0 + r;
-    if (mx == -INFINITY && item.partial >= 0) {  // a streaming head's split outside its window: empty
-      partial_o[(int64_t{item.partial} * p.num_heads + head) * D + d] = 0.0f;
+    if (mx == -INFINITY && item.partial >= 0) {  // every key of the split masked: weight 0, unread
       if (d == 0) partial_lse[int64_t{item.partial} * p.num_heads + head] = -INFINITY;
       continue;
     }
@@ -152,7 +217,9 @@ template <int D>
 __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams p, const DecodeItem* __restrict__ items,
                                                           float* __restrict__ partial_o,
                                                           float* __restrict__ partial_lse,
-                                                          const int32_t* __restrict__ num_items) {
+                                                          const int32_t* __restrict__ num_items,
+                                                          const MergeItem* __restrict__ merges,
+                                                          uint32_t* __restrict__ arrivals) {
   extern __shared__ __align__(16) unsigned char smem[];
   if (static_cast<int32_t>(blockIdx.x) >= *num_items) return;  // past this step's items (a recorded grid)
   const DecodeItem item = items[blockIdx.x];
@@ -162,6 +229,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams 
   if (sub > 0 && !own_list) return;  // the group's first block serves all its heads
   const HeadKv hv = head_kv(p, kvh, item.seq);
   const int32_t len = p.seq_lens[item.seq];
+  const int head0 = own_list ? kvh * G + sub : kvh * G, rows = own_list ? 1 : G;
   if (p.heads.slot[kvh] < 0) {  // a streaming head reads the split's keys in its window only
     const bool decoding = p.decoding && p.decoding[item.seq];
     const int32_t sink = decoding ? p.windows.decode_sink : p.windows.prefill_sink;
@@ -170,10 +238,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams 
       const auto window = tile::WindowedRangeTiles<kKeys>::make(0, len, sink, local, len - 1);
       const int32_t split = item.key_begin / max(1, item.key_end - item.key_begin);
       decode_split<D>(p, item, tile::TileSlice<tile::WindowedRangeTiles<kKeys>>::make(window, split, item.selected), hv,
-                      kvh * G, G, partial_o, partial_lse, smem);
+                      head0, rows, partial_o, partial_lse, smem);
     } else {
       const auto tiles = tile::WindowedRangeTiles<kKeys>::make(item.key_begin, item.key_end, sink, local, len - 1);
-      decode_split<D>(p, item, tiles, hv, kvh * G, G, partial_o, partial_lse, smem);
+      decode_split<D>(p, item, tiles, hv, head0, rows, partial_o, partial_lse, smem);
     }
   } else if (item.selected) {  // a retrieval head's split of its page list (or one query head's)
     const int32_t units = own_list ? p.num_heads : p.num_kv_heads;
@@ -181,52 +249,19 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams 
     const int32_t count = p.select_counts[unit];
     const tile::PageListTiles<kKeys> tiles{p.select_pages + static_cast<int64_t>(unit) * p.select_capacity,
                                            min(item.key_begin, count), min(item.key_end, count), p.page_size, len};
-    decode_split<D>(p, item, tiles, hv, own_list ? kvh * G + sub : kvh * G, own_list ? 1 : G, partial_o, partial_lse,
-                    smem);
+    decode_split<D>(p, item, tiles, hv, head0, rows, partial_o, partial_lse, smem);
   } else {
-    decode_split<D>(p, item, tile::KeyRangeTiles<kKeys>{item.key_begin, item.key_end}, hv, kvh * G, G, partial_o,
+    decode_split<D>(p, item, tile::KeyRangeTiles<kKeys>{item.key_begin, item.key_end}, hv, head0, rows, partial_o,
                     partial_lse, smem);
   }
-}
-
-// One block per (sequence, head): the splits' weights exp2(lse - max) once into shared memory,
-// then one thread per output dimension sums the weighted partial outputs (coalesced over d).
-__global__ void decode_merge_kernel(const AttentionParams p, const MergeItem* __restrict__ items,
-                                    const float* __restrict__ partial_o, const float* __restrict__ partial_lse,
-                                    const int32_t* __restrict__ num_merges) {
-  __shared__ float weight[kMaxSplits];
-  __shared__ float reduce[32];
-  if (static_cast<int32_t>(blockIdx.x) >= *num_merges) return;
-  const MergeItem item = items[blockIdx.x];
-  const int h = blockIdx.y, H = p.num_heads, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int warps = (blockDim.x + 31) / 32;
-  float mx = -INFINITY;
-  for (int s = threadIdx.x; s < item.num_splits; s += blockDim.x) {
-    weight[s] = partial_lse[int64_t{item.first_partial + s} * H + h];
-    mx = fmaxf(mx, weight[s]);
-  }
-  for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  if (lane == 0) reduce[warp] = mx;
-  __syncthreads();
-  mx = reduce[0];
-  for (int w = 1; w < warps; ++w) mx = fmaxf(mx, reduce[w]);
-  for (int s = threadIdx.x; s < item.num_splits; s += blockDim.x) weight[s] = exp2f(weight[s] - mx);
-  __syncthreads();
-  const int32_t t = p.query_start[item.seq];
-  for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
-    float acc = 0.0f, wsum = 0.0f;
-    const float* po = partial_o + (int64_t{item.first_partial} * H + h) * p.head_dim + d;
-    for (int s = 0; s < item.num_splits; ++s) {
-      acc += weight[s] * po[int64_t{s} * H * p.head_dim];
-      wsum += weight[s];
-    }
-    p.out[(int64_t{t} * H + h) * p.head_dim + d] = __float2bfloat16_rn(acc / wsum);
-  }
+  if (item.merge >= 0)
+    arrive_and_merge<D>(p, item, head0, rows, partial_o, partial_lse, merges,
+                        arrivals + (int64_t{item.merge} * p.num_kv_heads + kvh) * per_kv + sub);
 }
 
 template <int D>
 void launch(const AttentionParams& p, const DecodeItem* items, const int32_t* num_items, int32_t grid_items,
-            float* partial_o, float* partial_lse, cudaStream_t stream) {
+            float* partial_o, float* partial_lse, const MergeItem* merges, uint32_t* arrivals, cudaStream_t stream) {
   constexpr size_t smem = decode_smem_bytes<D>();
   static const bool attribute_set = [] {
     LSERVE_CUDA_CHECK(cudaFuncSetAttribute(decode_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -236,7 +271,7 @@ void launch(const AttentionParams& p, const DecodeItem* items, const int32_t* nu
   (void)attribute_set;
   const auto blocks_y = static_cast<unsigned>(p.num_kv_heads * decode_blocks_per_kv_head(p));
   decode_kernel<D><<<dim3(static_cast<unsigned>(grid_items), blocks_y), kThreads, smem, stream>>>(
-      p, items, partial_o, partial_lse, num_items);
+      p, items, partial_o, partial_lse, num_items, merges, arrivals);
   LSERVE_CUDA_CHECK_LAUNCH();
 }
 
@@ -263,25 +298,16 @@ int32_t decode_max_splits(int head_dim, int num_kv_heads) {
 }
 
 void attention_decode(const AttentionParams& p, const DecodeItem* items, const int32_t* num_items, int32_t grid_items,
-                      float* partial_o, float* partial_lse, cudaStream_t stream) {
+                      float* partial_o, float* partial_lse, const MergeItem* merges, uint32_t* arrivals,
+                      cudaStream_t stream) {
   if (grid_items == 0) return;
   switch (p.head_dim) {
-    case 16: return launch<16>(p, items, num_items, grid_items, partial_o, partial_lse, stream);
-    case 32: return launch<32>(p, items, num_items, grid_items, partial_o, partial_lse, stream);
-    case 64: return launch<64>(p, items, num_items, grid_items, partial_o, partial_lse, stream);
-    case 128: return launch<128>(p, items, num_items, grid_items, partial_o, partial_lse, stream);
+    case 16: return launch<16>(p, items, num_items, grid_items, partial_o, partial_lse, merges, arrivals, stream);
+    case 32: return launch<32>(p, items, num_items, grid_items, partial_o, partial_lse, merges, arrivals, stream);
+    case 64: return launch<64>(p, items, num_items, grid_items, partial_o, partial_lse, merges, arrivals, stream);
+    case 128: return launch<128>(p, items, num_items, grid_items, partial_o, partial_lse, merges, arrivals, stream);
     default: cuda_fail(cudaErrorInvalidValue, "attention_decode: unsupported head_dim", __FILE__, __LINE__);
   }
-}
-
-void attention_decode_merge(const AttentionParams& p, const MergeItem* items, const int32_t* num_merges,
-                            int32_t grid_merges, const float* partial_o, const float* partial_lse,
-                            cudaStream_t stream) {
-  if (grid_merges == 0) return;
-  const int threads = p.head_dim < 32 ? 32 : (p.head_dim > 256 ? 256 : p.head_dim);
-  decode_merge_kernel<<<dim3(static_cast<unsigned>(grid_merges), static_cast<unsigned>(p.num_heads)), threads, 0,
-                        stream>>>(p, items, partial_o, partial_lse, num_merges);
-  LSERVE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace lserve::cuda

@@ -20,22 +20,25 @@ AttentionPlan make_attention_plan(const AttentionBatch& batch, int32_t group, in
       if (listed > 0) {  // page lists: a fixed number of splits of list entries
         const int32_t e = list_entries_per_split;
         if (listed == 1) {
-          plan.decode.push_back({b, 0, e, -1, 1});
+          plan.decode.push_back({b, 0, e, -1, 1, -1});
           continue;
         }
+        const auto merge = static_cast<int32_t>(plan.merge.size());
         plan.merge.push_back({b, plan.num_partials, listed});
         for (int32_t s = 0; s < listed; ++s)
-          plan.decode.push_back({b, s * e, (s + 1) * e, plan.num_partials++, listed});
+          plan.decode.push_back({b, s * e, (s + 1) * e, plan.num_partials++, listed, merge});
         continue;
       }
       const DecodeSplits splits = decode_splits(seq_len, max_splits);
       if (splits.count <= 1) {
-        plan.decode.push_back({b, 0, seq_len, -1, 0});
+        plan.decode.push_back({b, 0, seq_len, -1, 0, -1});
         continue;
       }
+      const auto merge = static_cast<int32_t>(plan.merge.size());
       plan.merge.push_back({b, plan.num_partials, splits.count});
       for (int32_t s = 0; s < splits.count; ++s)
-        plan.decode.push_back({b, s * splits.keys, std::min(seq_len, (s + 1) * splits.keys), plan.num_partials++, 0});
+        plan.decode.push_back(
+            {b, s * splits.keys, std::min(seq_len, (s + 1) * splits.keys), plan.num_partials++, 0, merge});
       continue;
     }
     const int32_t rows = qlen * group;

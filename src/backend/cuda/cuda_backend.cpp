@@ -523,10 +523,7 @@ class CudaBackend final : public Backend {
     const bool full = capturing_;
     cuda::attention_prefill(p, plan_prefill_, plan_counts_.prefill, stream_);
     cuda::attention_decode(p, plan_decode_, plan_device_counts_, full ? plan_counts_.decode_capacity : plan_counts_.decode,
-                           partial_o_, partial_lse_, stream_);
-    cuda::attention_decode_merge(p, plan_merge_, plan_device_counts_ + 1,
-                                 full ? plan_counts_.merge_capacity : plan_counts_.merge, partial_o_, partial_lse_,
-                                 stream_);
+                           partial_o_, partial_lse_, plan_merge_, merge_arrivals_, stream_);
   }
 
   void synchronize() override { LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
@@ -732,7 +729,8 @@ class CudaBackend final : public Backend {
     sel.group = G;
     sel.num_units = sel.per_query_head ? num_heads : Hk;
     const int32_t U = sel.num_units;
-    sel.entries_per_split = std::max(1, cuda::kDecodeListKeys / P);
+    const int32_t list_keys = options_.decode_list_keys > 0 ? options_.decode_list_keys : cuda::kDecodeListKeys;
+    sel.entries_per_split = std::max(1, list_keys / P);
     sel.seq_slot.assign(static_cast<size_t>(B), -1);
     sel.list_splits.assign(static_cast<size_t>(B), 0);
     sel_page_size_ = P;
@@ -794,8 +792,10 @@ class CudaBackend final : public Backend {
             j.count_index = static_cast<int32_t>(unit);
             j.scratch = static_cast<int32_t>(scratch_at / 16);
             j.active = fresh ? 1 : 0;
-            if (fresh)
+            if (fresh) {
               scratch_at += cuda::select_scratch_bytes(j.num_heads, num_pages, P / cache.logical_page_size(), j.max_pages);
+              sel.grid_pages = std::max(sel.grid_pages, cuda::select_grid_pages(num_pages));
+            }
             LSERVE_CHECK(scratch_at / 16 <= static_cast<size_t>(INT32_MAX) &&
                              counts + (unit + 1) * static_cast<size_t>(cap) <= static_cast<size_t>(INT32_MAX),
                          "page selection: {} sequences of {} pages overflow the selector's offsets", S, num_pages);
@@ -841,6 +841,16 @@ class CudaBackend final : public Backend {
     sel_counts_dev_ = reinterpret_cast<int32_t*>(d + jobs_bytes + slot_bytes);
     sel_pages_dev_ = sel_counts_dev_;  // job.out counts from here: counts first, then the lists
     if (sel.scratch_bytes > 0) select_scratch_.ensure(sel.scratch_bytes, stream_);
+    // The selector's counters per job of a layer: zeroed when their block is new (the kernels
+    // leave them zero after every launch).
+    size_t layer_jobs = 0;
+    for (size_t l = 0; l + 1 < sel.layer_job_begin.size(); ++l)
+      layer_jobs = std::max<size_t>(layer_jobs, static_cast<size_t>(sel.layer_job_begin[l + 1] - sel.layer_job_begin[l]));
+    if (layer_jobs * sizeof(uint32_t) > select_arrivals_bytes_) {
+      select_arrivals_bytes_ = layer_jobs * sizeof(uint32_t);
+      void* arrivals = select_arrivals_.ensure(select_arrivals_bytes_, stream_);
+      LSERVE_CUDA_CHECK(cudaMemsetAsync(arrivals, 0, select_arrivals_bytes_, stream_));
+    }
   }
 
   // This layer's fresh selections, then the attention params that read the lists.
@@ -855,6 +865,7 @@ class CudaBackend final : public Backend {
       sp.num_heads = p.num_heads;
       sp.head_dim = p.head_dim;
       sp.max_job_heads = sel_.per_query_head ? 1 : sel_.group;
+      sp.grid_pages = sel_.grid_pages;
       sp.key_min = bf16_of(cache.key_min(layer));
       sp.key_max = bf16_of(cache.key_max(layer));
       sp.pool_heads = static_cast<int32_t>(cache.heads_in_pool(HeadKind::Retrieval, layer));
@@ -865,6 +876,7 @@ class CudaBackend final : public Backend {
       sp.out_pages = sel_pages_dev_;
       sp.out_counts = sel_counts_dev_;
       sp.scratch = static_cast<unsigned char*>(select_scratch_.data());
+      sp.arrivals = static_cast<uint32_t*>(select_arrivals_.data());
       cuda::select_pages(sp, sel_jobs_dev_ + j0, j1 - j0, stream_);
     }
     p.select_slot = sel_slot_dev_;
@@ -910,6 +922,14 @@ class CudaBackend final : public Backend {
                             static_cast<size_t>(num_heads);
     partial_o_ = static_cast<float*>(partial_o_buffer_.ensure(partials * static_cast<size_t>(head_dim) * 4, stream_));
     partial_lse_ = static_cast<float*>(partial_lse_buffer_.ensure(partials * 4, stream_));
+    // The decode's merge counters, one per (merge, query head) at most: zeroed when their block
+    // is new (each launch leaves them zero).
+    const size_t arrival_bytes = static_cast<size_t>(plan_counts_.merge_capacity) * static_cast<size_t>(num_heads) * 4;
+    if (arrival_bytes > merge_arrivals_bytes_) {
+      merge_arrivals_bytes_ = arrival_bytes;
+      merge_arrivals_ = static_cast<uint32_t*>(merge_arrivals_buffer_.ensure(arrival_bytes, stream_));
+      LSERVE_CUDA_CHECK(cudaMemsetAsync(merge_arrivals_, 0, arrival_bytes, stream_));
+    }
     plan_group_ = group;
   }
 
@@ -930,9 +950,14 @@ class CudaBackend final : public Backend {
     mix(reinterpret_cast<uintptr_t>(plan_device_.data()));
     mix(reinterpret_cast<uintptr_t>(partial_o_));
     mix(reinterpret_cast<uintptr_t>(partial_lse_));
+    mix(reinterpret_cast<uintptr_t>(merge_arrivals_));
     mix(reinterpret_cast<uintptr_t>(sampling_device_.data()));
     mix(reinterpret_cast<uintptr_t>(select_device_.data()));
-    if (!sel_.fresh.empty()) mix(reinterpret_cast<uintptr_t>(select_scratch_.data()));  // only the selector reads it
+    if (!sel_.fresh.empty()) {  // only the selector reads these
+      mix(reinterpret_cast<uintptr_t>(select_scratch_.data()));
+      mix(reinterpret_cast<uintptr_t>(select_arrivals_.data()));
+      mix(static_cast<uint64_t>(sel_.grid_pages));  // the selector's grid
+    }
     mix(static_cast<uint64_t>(sel_.slots) << 32 ^ static_cast<uint64_t>(sel_.capacity));
     mix(static_cast<uint64_t>(sel_.per_query_head));
     for (int32_t b : sel_.layer_job_begin) mix(static_cast<uint64_t>(b));  // jobs per layer (fixed per batch)
@@ -978,6 +1003,9 @@ class CudaBackend final : public Backend {
   PlanCounts plan_counts_;
   float* partial_o_ = nullptr;
   float* partial_lse_ = nullptr;
+  cuda::GrowableBuffer merge_arrivals_buffer_;
+  uint32_t* merge_arrivals_ = nullptr;
+  size_t merge_arrivals_bytes_ = 0;  // zeroed so far
   std::map<int64_t, int32_t> max_splits_;  // (head_dim, KV heads) -> decode_max_splits
 
   // Recorded steps (CUDA graphs), one per key; few shapes recur (one per decode batch size).
@@ -1009,11 +1037,13 @@ class CudaBackend final : public Backend {
     std::vector<std::array<int32_t, 3>> fresh;   // (seq, layer, unit) of each fresh job
     std::vector<int32_t> lists_host;             // counts, then pages (the host's part)
     size_t scratch_bytes = 0;
+    int32_t grid_pages = 0;  // the selector's grid (select_grid_pages of the longest fresh job)
   };
   StepSelection sel_;
   int32_t sel_page_size_ = 0;
   static constexpr int32_t kDecodeMaxGroupForSelection = cuda::kDecodeMaxGroup;
-  cuda::GrowableBuffer select_device_, select_scratch_;
+  cuda::GrowableBuffer select_device_, select_scratch_, select_arrivals_;
+  size_t select_arrivals_bytes_ = 0;  // zeroed so far
   const cuda::SelectJob* sel_jobs_dev_ = nullptr;
   const int32_t* sel_slot_dev_ = nullptr;
   int32_t* sel_counts_dev_ = nullptr;

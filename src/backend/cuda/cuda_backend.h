@@ -26,6 +26,9 @@ struct CudaBackendOptions {
   // Linear layers of up to 8 rows (decode) on our own kernel, q/k/v and gate/up each in one
   // launch (skinny_linear.h); off runs every linear on cuBLASLt (tests compare the two).
   bool skinny_linear = true;
+  // Keys per split of a selected page list in decode (whole pages; 0: kDecodeListKeys). Fewer
+  // keys: more, shorter blocks and a longer merge.
+  int32_t decode_list_keys = 0;
 };
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);

@@ -8,7 +8,9 @@
 //      the budget, or, under PSA, until the kept mass reaches the threshold within its bounds.
 // A context of no more pages than a fixed budget keeps every page. The scores, masses and
 // large sorts live in a scratch buffer the caller sizes per job (select_scratch_bytes); a job's
-// work is spread over many blocks, so one sequence's selection fills the GPU.
+// work is spread over many blocks, so one sequence's selection fills the GPU. Two launches: the
+// scores (with each chunk's softmax statistics), then the masses, whose last block per job
+// picks the pages (it learns it is last from a counter per job in `arrivals`).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -45,6 +47,7 @@ struct SelectParams {
   const __nv_bfloat16* q;  // [rows, num_heads, head_dim]
   int32_t num_heads, head_dim;  // head_dim: a multiple of 8
   int32_t max_job_heads;        // the most query heads of any job of the launch (0: kSelectMaxHeads)
+  int32_t grid_pages;           // select_grid_pages() of the launch's longest job (0: 8192 pages)
   const __nv_bfloat16* key_min;  // [pool pages, pool heads, page_size / logical, head_dim]
   const __nv_bfloat16* key_max;
   int32_t pool_heads, page_size, logical_page_size;
@@ -53,12 +56,19 @@ struct SelectParams {
   int32_t* out_pages;
   int32_t* out_counts;
   unsigned char* scratch;
+  uint32_t* arrivals;  // one counter per job of a launch: zero before the first launch, and the
+                       // kernels leave them zero (so a recorded launch can be replayed)
 };
 
 // Scratch one job needs (16-byte aligned): scores [heads][pages] f32, per-chunk maxima and
 // partial sums, mass [pages] f64, and for budgets of more than 2048 candidates their sort.
 // logical_per_page: page_size / logical_page_size; max_pages: the job's budget in pages.
 size_t select_scratch_bytes(int32_t num_heads, int32_t num_pages, int32_t logical_per_page, int32_t max_pages);
+
+// The pages a launch's grid is sized for, given its longest job: a power of two of the mass
+// kernel's chunks, so that a recorded launch keeps its grid while contexts grow a little (the
+// caller records again once it changes). Longer jobs are still right, only slower.
+int32_t select_grid_pages(int32_t max_pages);
 
 void select_pages(const SelectParams& p, const SelectJob* jobs, int32_t num_jobs, cudaStream_t stream);
 
