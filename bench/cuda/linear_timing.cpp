@@ -7,13 +7,14 @@
 // Every timed call cycles over enough copies of its weights (at least 512 MiB) that none is
 // still in L2 when it comes round again; times are medians of timed repeats.
 //
-//   cuda_linear_timing
+//   cuda_linear_timing [no-dependent-launch]   (the option: ordinary launches, for comparison)
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
@@ -70,15 +71,17 @@ struct Op {
   enum Kind { Group, Gated, Single } kind;
 };
 
-int run() {
+int run(bool dependent_launch) {
   if (cuda_device_count() == 0) {
     std::fprintf(stderr, "no CUDA GPU visible\n");
     return 1;
   }
-  CudaBackendOptions cublas_only;
+  CudaBackendOptions cublas_only, ours;
   cublas_only.skinny_linear = false;
+  cublas_only.dependent_launch = ours.dependent_launch = dependent_launch;
   auto cublas = make_cuda_backend(cublas_only);
-  auto skinny = make_cuda_backend(CudaBackendOptions{});
+  auto skinny = make_cuda_backend(ours);
+  if (!dependent_launch) std::printf("ordinary launches (no programmatic dependent launch)\n");
   std::printf("%s\n", skinny->name().c_str());
   const double bw = copy_bandwidth();
   std::printf("copy bandwidth (device to device, read + write): %.0f GB/s\n\n", bw);
@@ -140,9 +143,9 @@ int run() {
 }  // namespace
 }  // namespace lserve
 
-int main() {
+int main(int argc, char** argv) {
   try {
-    return lserve::run();
+    return lserve::run(!(argc > 1 && std::string(argv[1]) == "no-dependent-launch"));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "cuda_linear_timing: %s\n", e.what());
     return 1;

@@ -217,6 +217,7 @@ void report_breakdown(const DecodeTimer& timer, CsvOut& csv, int64_t n, int64_t 
   if (!b || steps_per_s <= 0) return;
   print_decode_breakdown(*b, 1000.0 / steps_per_s, n, B);
   csv.row("decode_host_plan", n, B, b->host_plan, "ms");
+  csv.row("decode_host_select_plan", n, B, b->host_select_plan, "ms");
   csv.row("decode_device_kernels", n, B, b->device_kernels, "ms");
   csv.row("decode_device_before_kernels", n, B, b->device_before_kernels, "ms");
   csv.row("decode_host_finish", n, B, b->host_finish, "ms");

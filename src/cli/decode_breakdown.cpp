@@ -14,8 +14,8 @@ namespace {
 #ifdef LSERVE_HAVE_CUDA
 DecodeBreakdown totals(Backend& backend) {
   const CudaStepStats s = cuda_step_stats(backend);
-  return {s.timed_steps, s.host_plan_s * 1e3, s.device_before_kernels_s * 1e3, s.device_kernels_s * 1e3,
-          s.host_finish_s * 1e3, s.step_wall_s * 1e3};
+  return {s.timed_steps,          s.host_plan_s * 1e3,   s.device_before_kernels_s * 1e3, s.device_kernels_s * 1e3,
+          s.host_finish_s * 1e3, s.step_wall_s * 1e3, s.host_select_plan_s * 1e3};
 }
 #endif
 
@@ -43,6 +43,7 @@ void DecodeTimer::stop() {
   sum_.device_kernels += end.device_kernels - begin_.device_kernels;
   sum_.host_finish += end.host_finish - begin_.host_finish;
   sum_.forward_wall += end.forward_wall - begin_.forward_wall;
+  sum_.host_select_plan += end.host_select_plan - begin_.host_select_plan;
 #endif
 }
 
@@ -50,7 +51,8 @@ std::optional<DecodeBreakdown> DecodeTimer::result() const {
   if (sum_.steps <= 0) return std::nullopt;
   const auto n = static_cast<double>(sum_.steps);
   return DecodeBreakdown{sum_.steps,          sum_.host_plan / n,   sum_.device_before_kernels / n,
-                         sum_.device_kernels / n, sum_.host_finish / n, sum_.forward_wall / n};
+                         sum_.device_kernels / n, sum_.host_finish / n, sum_.forward_wall / n,
+                         sum_.host_select_plan / n};
 }
 
 void print_decode_breakdown(const DecodeBreakdown& b, double measured_step_ms, int64_t context, int64_t batch) {
@@ -59,12 +61,12 @@ void print_decode_breakdown(const DecodeBreakdown& b, double measured_step_ms, i
   const double rest = b.forward_wall - b.host_plan - b.host_finish;
   std::fprintf(stderr,
                "[lserve] decode step at %lld tokens x%lld, %lld steps: %.3f ms measured; the forward pass %.3f ms "
-               "= host planning %.3f + queued work and download %.3f (device clock: %.3f before the kernels, the "
-               "uploads and the wait for the planning; kernels %.3f) + host finish %.3f; outside the forward pass "
-               "%.3f\n",
+               "= host planning %.3f (of which page selection %.3f) + queued work and download %.3f (device clock: "
+               "%.3f before the kernels, the uploads and the wait for the planning; kernels %.3f) + host finish %.3f; "
+               "outside the forward pass %.3f\n",
                static_cast<long long>(context), static_cast<long long>(batch), static_cast<long long>(b.steps),
-               measured_step_ms, b.forward_wall, b.host_plan, rest, b.device_before_kernels, b.device_kernels, b.host_finish,
-               measured_step_ms - b.forward_wall);
+               measured_step_ms, b.forward_wall, b.host_plan, b.host_select_plan, rest, b.device_before_kernels,
+               b.device_kernels, b.host_finish, measured_step_ms - b.forward_wall);
 }
 
 }  // namespace lserve::cli

@@ -29,6 +29,8 @@ void add_model_options(CLI::App* cmd, ModelOptions& o) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_flag("--no-cuda-graphs", o.no_cuda_graphs,
                "with --device cuda: launch every kernel from the host instead of replaying decode steps as CUDA graphs");
+  cmd->add_flag("--no-dependent-launch", o.no_dependent_launch,
+                "with --device cuda: start no kernel before the one before it has finished (for comparison)");
   cmd->add_option("--threads,-t", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-context", o.max_context, "longest sequence served (default: the model's max_position_embeddings)")
       ->check(CLI::NonNegativeNumber);
@@ -155,6 +157,7 @@ LoadedModel load_model(const ModelOptions& o) {
 #ifdef LSERVE_HAVE_CUDA
     CudaBackendOptions cuda;
     cuda.graphs = !o.no_cuda_graphs;
+    cuda.dependent_launch = !o.no_dependent_launch;
     m.backend = make_cuda_backend(cuda);
 #else
     fail("--device cuda: this lserve was built without the CUDA backend (configure with -DLSERVE_CUDA=ON)");

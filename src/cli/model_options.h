@@ -24,6 +24,7 @@ struct ModelOptions {
   std::string load_format = "auto";  // auto | dummy
   std::string device = "cpu";        // cpu | cuda
   bool no_cuda_graphs = false;       // cuda: every launch from the host (debugging, comparison)
+  bool no_dependent_launch = false;  // cuda: no kernel starts before the one before it ends
   int threads = 0;                   // 0: all cores
   int64_t max_context = 0;           // 0: the model's max_position_embeddings
   double kv_cache_gib = 0;           // 0: just what the command needs

@@ -100,6 +100,27 @@ TEST_P(CudaGeneration, GraphsChangeNothing) {
   EXPECT_EQ(cuda_step_stats(*without).recorded, 0);
 }
 
+// Kernels that start while the one before them drains (dependent_launch.cuh) must compute
+// exactly what ordinary launches do. The switch is process-wide: one backend at a time.
+TEST_P(CudaGeneration, DependentLaunchChangesNothing) {
+  LSERVE_SKIP_WITHOUT_GPU();
+  SamplingParams sampled;
+  sampled.temperature = 0.9f;
+  sampled.top_k = 50;
+  sampled.seed = 11;
+  auto run = [&](bool dependent) {
+    CudaBackendOptions options;
+    options.dependent_launch = dependent;
+    auto backend = make_cuda_backend(options);
+    test::FixtureModel m(GetParam(), *backend);
+    std::vector<std::vector<int32_t>> out;
+    for (const SamplingParams& s : {SamplingParams{}, sampled}) out.push_back(generate(m, prompt_of(GetParam(), 1), 48, s).tokens);
+    return out;
+  };
+  const auto ordinary = run(false);
+  EXPECT_EQ(run(true), ordinary);
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, CudaGeneration, ::testing::ValuesIn(test::reference_model_dirs()),
                          [](const auto& param_info) { return test::model_test_name(param_info.param); });
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(CudaGeneration);

@@ -81,6 +81,7 @@ class CudaBackend final : public Backend {
     LSERVE_CUDA_CHECK(cudaSetDevice(options.device));
     LSERVE_CUDA_CHECK(cudaGetDeviceProperties(&props_, options.device));
     LSERVE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    cuda::set_dependent_launch(options.dependent_launch);
     uploader_ = std::make_unique<cuda::PinnedUploader>(stream_);
     linear_ = std::make_unique<cuda::CublasLtLinear>(stream_);
   }
@@ -227,8 +228,11 @@ class CudaBackend final : public Backend {
     step_num_heads_ = heads.num_heads;
     plan_group_ = -1;  // the attention plan is rebuilt for this batch
     sel_ = StepSelection{};
-    if (heads.cache && batch.selects_pages() && heads.num_heads > 0)
+    if (heads.cache && batch.selects_pages() && heads.num_heads > 0) {
+      const auto t0 = StepTimer::Clock::now();
       plan_selection(batch, *heads.cache, heads.num_heads);
+      if (timer_.active) timer_.select_plan = StepTimer::Clock::now() - t0;
+    }
     if (heads.num_heads > 0 && heads.num_kv_heads > 0 && heads.num_heads % heads.num_kv_heads == 0 &&
         cuda::fast_attention_supports(heads.head_dim))
       ensure_plan(batch, heads.num_heads / heads.num_kv_heads, heads.num_heads,
@@ -549,6 +553,7 @@ class CudaBackend final : public Backend {
     using Clock = std::chrono::steady_clock;
     cudaEvent_t begin = nullptr, kernels_begin = nullptr, kernels_end = nullptr;
     Clock::time_point start, queued;
+    Clock::duration select_plan{};
     bool active = false, kernels = false;
 
     struct Kernels {  // the step's kernels: from run_step's start to its end
@@ -578,6 +583,7 @@ class CudaBackend final : public Backend {
       auto seconds = [](auto d) { return std::chrono::duration<double>(d).count(); };
       ++stats.timed_steps;
       stats.host_plan_s += seconds(queued - start);
+      stats.host_select_plan_s += seconds(select_plan);
       stats.device_before_kernels_s += before_ms / 1e3;
       stats.device_kernels_s += kernels_ms / 1e3;
       stats.host_finish_s += seconds(now - finished);
@@ -597,6 +603,7 @@ class CudaBackend final : public Backend {
       for (cudaEvent_t* e : {&timer_.begin, &timer_.kernels_begin, &timer_.kernels_end})
         LSERVE_CUDA_CHECK(cudaEventCreate(e));
     timer_.start = StepTimer::Clock::now();
+    timer_.select_plan = {};
     LSERVE_CUDA_CHECK(cudaEventRecord(timer_.begin, stream_));
     timer_.active = true;
   }

@@ -29,6 +29,10 @@ struct CudaBackendOptions {
   // Keys per split of a selected page list in decode (whole pages; 0: kDecodeListKeys). Fewer
   // keys: more, shorter blocks and a longer merge.
   int32_t decode_list_keys = 0;
+  // Programmatic dependent launch of the decode path's kernels (dependent_launch.cuh): each may
+  // start while the one before it drains. Off: ordinary launches, for comparison. Process-wide:
+  // the last backend made sets it.
+  bool dependent_launch = true;
 };
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);
@@ -49,6 +53,7 @@ struct CudaStepStats {
   int64_t recorded = 0, replayed = 0;
   int64_t timed_steps = 0;  // decode-only steps whose events completed
   double host_plan_s = 0, device_before_kernels_s = 0, device_kernels_s = 0, host_finish_s = 0, step_wall_s = 0;
+  double host_select_plan_s = 0;  // of host_plan_s: planning the page selections (jobs, reused lists)
 };
 CudaStepStats cuda_step_stats(Backend& backend);
 // Turns the timing of decode-only steps on (off by default: three event records and two clock

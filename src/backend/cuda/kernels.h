@@ -15,6 +15,10 @@ namespace lserve::cuda {
 
 using bf16 = __nv_bfloat16;
 
+// Programmatic dependent launch of the decode path's kernels (dependent_launch.cuh), on by
+// default; process-wide (CudaBackendOptions::dependent_launch sets it).
+void set_dependent_launch(bool on);
+
 // dst[i] = bf16(src[i]), round to nearest even. src f32, or f16 as raw bits.
 void convert_f32_to_bf16(const float* src, bf16* dst, int64_t n, cudaStream_t stream);
 void convert_f16_to_bf16(const uint16_t* src, bf16* dst, int64_t n, cudaStream_t stream);

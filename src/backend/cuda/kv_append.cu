@@ -6,6 +6,7 @@
 #include <cfloat>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/dependent_launch.cuh"
 #include "backend/cuda/kernels.h"
 
 namespace lserve::cuda {
@@ -15,6 +16,8 @@ namespace {
 template <int kVec>  // elements per access: 8 (16 bytes) or 1
 __global__ void kv_append_kernel(const bf16* __restrict__ k, const bf16* __restrict__ v, KvPools pools,
                                  int64_t tokens, int kv_heads, int64_t page_size, int head_dim, const HeadMap heads) {
+  allow_next_kernel();
+  wait_for_previous_kernels();
   const int chunks = head_dim / kVec;
   const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (idx >= tokens * kv_heads * chunks) return;
@@ -48,6 +51,8 @@ __global__ void kv_summaries_kernel(const bf16* __restrict__ k_pages, const int6
                                     int32_t num_seqs, int64_t tokens, int kv_heads, int64_t page_size,
                                     int64_t logical_page_size, int head_dim, const HeadMap heads,
                                     bf16* __restrict__ key_min, bf16* __restrict__ key_max) {
+  allow_next_kernel();
+  wait_for_previous_kernels();
   const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (idx >= tokens * kv_heads * head_dim) return;
   const int c = static_cast<int>(idx % head_dim);
@@ -92,13 +97,8 @@ void kv_append(const bf16* k, const bf16* v, const KvPools& pools, const HeadMap
                     aligned16(pools.v_pages) && aligned16(pools.k_stream) && aligned16(pools.v_stream);
   const int64_t n = tokens * kv_heads * (wide ? head_dim / 8 : head_dim);
   const unsigned blocks = static_cast<unsigned>((n + 255) / 256);
-  if (wide)
-    kv_append_kernel<8><<<blocks, 256, 0, stream>>>(k, v, pools, tokens, static_cast<int>(kv_heads), page_size,
-                                                    static_cast<int>(head_dim), heads);
-  else
-    kv_append_kernel<1><<<blocks, 256, 0, stream>>>(k, v, pools, tokens, static_cast<int>(kv_heads), page_size,
-                                                    static_cast<int>(head_dim), heads);
-  LSERVE_CUDA_CHECK_LAUNCH();
+  launch_dependent(wide ? kv_append_kernel<8> : kv_append_kernel<1>, dim3(blocks), dim3(256), 0, stream, k, v, pools,
+                   tokens, static_cast<int>(kv_heads), page_size, static_cast<int>(head_dim), heads);
 }
 
 void kv_summaries(const bf16* k_pages, const int64_t* slot_mapping, const int32_t* positions,
@@ -107,10 +107,9 @@ void kv_summaries(const bf16* k_pages, const int64_t* slot_mapping, const int32_
                   cudaStream_t stream) {
   if (tokens == 0 || heads.retrieval_heads == 0) return;
   const int64_t n = tokens * kv_heads * head_dim;
-  kv_summaries_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(
-      k_pages, slot_mapping, positions, query_start, num_seqs, tokens, static_cast<int>(kv_heads), page_size,
-      logical_page_size, static_cast<int>(head_dim), heads, key_min, key_max);
-  LSERVE_CUDA_CHECK_LAUNCH();
+  launch_dependent(kv_summaries_kernel, dim3(static_cast<unsigned>((n + 255) / 256)), dim3(256), 0, stream, k_pages,
+                   slot_mapping, positions, query_start, num_seqs, tokens, static_cast<int>(kv_heads), page_size,
+                   logical_page_size, static_cast<int>(head_dim), heads, key_min, key_max);
 }
 
 }  // namespace lserve::cuda

@@ -3,6 +3,7 @@
 // value rounded to bf16 once. The vector path moves 16 bytes per access; rows whose length or
 // pointers do not allow it take the scalar path (same arithmetic, same results).
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/dependent_launch.cuh"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/vec.cuh"
 
@@ -16,6 +17,8 @@ template <bool kVec>
 __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const bf16* x, const bf16* __restrict__ w, float eps,
                                                             bf16* out, int cols) {
   __shared__ float scratch[32];
+  allow_next_kernel();
+  wait_for_previous_kernels();
   const bf16* xr = x + blockIdx.x * int64_t{cols};
   bf16* orow = out + blockIdx.x * int64_t{cols};
   float ss = 0.0f;
@@ -55,6 +58,8 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(bf16* __restrict
                                                                 const bf16* __restrict__ w, float eps,
                                                                 bf16* __restrict__ out, int cols) {
   __shared__ float scratch[32];
+  allow_next_kernel();
+  wait_for_previous_kernels();
   bf16* rr = residual + blockIdx.x * int64_t{cols};
   const bf16* xr = x + blockIdx.x * int64_t{cols};
   bf16* orow = out + blockIdx.x * int64_t{cols};
@@ -99,6 +104,8 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(bf16* __restrict
 // One warp per head row; head_dim is small (64..256), so a scalar loop per lane is enough.
 __global__ void __launch_bounds__(128) head_rms_norm_kernel(bf16* x, const bf16* __restrict__ w, float eps,
                                                             int64_t rows, int head_dim) {
+  allow_next_kernel();
+  wait_for_previous_kernels();
   const int64_t row = blockIdx.x * int64_t{4} + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
@@ -118,30 +125,23 @@ __global__ void __launch_bounds__(128) head_rms_norm_kernel(bf16* x, const bf16*
 void rms_norm(const bf16* x, const bf16* weight, float eps, bf16* out, int64_t rows, int64_t cols,
               cudaStream_t stream) {
   if (rows == 0) return;
-  if (vec8_ok(cols, x, weight, out))
-    rms_norm_kernel<true><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, weight, eps, out, static_cast<int>(cols));
-  else
-    rms_norm_kernel<false><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, weight, eps, out, static_cast<int>(cols));
-  LSERVE_CUDA_CHECK_LAUNCH();
+  launch_dependent(vec8_ok(cols, x, weight, out) ? rms_norm_kernel<true> : rms_norm_kernel<false>,
+                   dim3(static_cast<unsigned>(rows)), dim3(kThreads), 0, stream, x, weight, eps, out,
+                   static_cast<int>(cols));
 }
 
 void add_rms_norm(bf16* residual, const bf16* x, const bf16* weight, float eps, bf16* out, int64_t rows,
                   int64_t cols, cudaStream_t stream) {
   if (rows == 0) return;
-  if (vec8_ok(cols, residual, x, weight, out))
-    add_rms_norm_kernel<true><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(residual, x, weight, eps, out,
-                                                                                    static_cast<int>(cols));
-  else
-    add_rms_norm_kernel<false><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(residual, x, weight, eps, out,
-                                                                                     static_cast<int>(cols));
-  LSERVE_CUDA_CHECK_LAUNCH();
+  launch_dependent(vec8_ok(cols, residual, x, weight, out) ? add_rms_norm_kernel<true> : add_rms_norm_kernel<false>,
+                   dim3(static_cast<unsigned>(rows)), dim3(kThreads), 0, stream, residual, x, weight, eps, out,
+                   static_cast<int>(cols));
 }
 
 void head_rms_norm(bf16* x, const bf16* weight, float eps, int64_t rows, int64_t head_dim, cudaStream_t stream) {
   if (rows == 0) return;
-  head_rms_norm_kernel<<<static_cast<unsigned>((rows + 3) / 4), 128, 0, stream>>>(x, weight, eps, rows,
-                                                                                 static_cast<int>(head_dim));
-  LSERVE_CUDA_CHECK_LAUNCH();
+  launch_dependent(head_rms_norm_kernel, dim3(static_cast<unsigned>((rows + 3) / 4)), dim3(128), 0, stream, x, weight,
+                   eps, rows, static_cast<int>(head_dim));
 }
 
 }  // namespace lserve::cuda

@@ -22,6 +22,7 @@
 #include <cmath>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/dependent_launch.cuh"
 #include "backend/cuda/page_select.h"
 
 namespace lserve::cuda {
@@ -110,9 +111,11 @@ __host__ __device__ constexpr size_t score_smem_bytes(int heads, int D) {
 __device__ inline float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ inline float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
-__global__ void __launch_bounds__(kScoreThreads, 5) score_kernel(const SelectParams p, const SelectJob* __restrict__ jobs) {
+__global__ void __launch_bounds__(kScoreThreads) score_kernel(const SelectParams p, const SelectJob* __restrict__ jobs) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int64_t row_base[kChunkRows];  // where each staged row starts in the pools (elements)
+  allow_next_kernel();
+  wait_for_previous_kernels();
   const SelectJob j = jobs[blockIdx.x];
   if (!j.active || keeps_every_page(j)) return;
   const int D = p.head_dim, G = j.num_heads, per_page = per_page_of(p), stride = D + 8;
@@ -419,8 +422,10 @@ __device__ void radix_pick(const Layout& lay, int32_t n, const double* mass, dou
   }
 }
 
-__global__ void __launch_bounds__(kMassThreads, 3) mass_kernel(const SelectParams p, const SelectJob* __restrict__ jobs) {
+__global__ void __launch_bounds__(kMassThreads) mass_kernel(const SelectParams p, const SelectJob* __restrict__ jobs) {
   __shared__ MassShared sh;
+  allow_next_kernel();
+  wait_for_previous_kernels();
   const SelectJob j = jobs[blockIdx.x];
   if (!j.active) return;
   const int32_t n = j.num_pages;
@@ -550,16 +555,14 @@ void select_pages(const SelectParams& p, const SelectJob* jobs, int32_t num_jobs
   SelectParams sized = p;
   if (sized.max_job_heads <= 0 || sized.max_job_heads > kMaxHeads) sized.max_job_heads = kMaxHeads;
   const dim3 score_grid(static_cast<unsigned>(num_jobs), blocks_per_job(num_jobs));
-  score_kernel<<<score_grid, kScoreThreads, score_smem_bytes(sized.max_job_heads, sized.head_dim), stream>>>(sized,
-                                                                                                           jobs);
-  LSERVE_CUDA_CHECK_LAUNCH();
+  launch_dependent(score_kernel, score_grid, dim3(kScoreThreads), score_smem_bytes(sized.max_job_heads, sized.head_dim),
+                   stream, sized, jobs);
   // A mass block per chunk of kMassThreads pages of the longest job, up to kMaxMassBlocks (a 1M
   // context at 64-token pages is 32 chunks): each block sorts one chunk, and the job's last
   // block waits for few idle ones.
   const int32_t grid_pages = p.grid_pages > 0 ? p.grid_pages : select_grid_pages(8192);
   const dim3 mass_grid(static_cast<unsigned>(num_jobs), static_cast<unsigned>(std::clamp(grid_pages / kMassThreads, 1, kMaxMassBlocks)));
-  mass_kernel<<<mass_grid, kMassThreads, 0, stream>>>(p, jobs);
-  LSERVE_CUDA_CHECK_LAUNCH();
+  launch_dependent(mass_kernel, mass_grid, dim3(kMassThreads), 0, stream, p, jobs);
 }
 
 }  // namespace lserve::cuda

@@ -2,6 +2,7 @@
 // thread per (token, head, pair); the cos|sin table is the model's f32 table, so angles match
 // the CPU path exactly and only the final rounding to bf16 differs.
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/dependent_launch.cuh"
 #include "backend/cuda/kernels.h"
 
 namespace lserve::cuda {
@@ -10,6 +11,8 @@ namespace {
 
 __global__ void rope_kernel(bf16* q, bf16* k, const int32_t* __restrict__ positions, const float* __restrict__ cos_sin,
                             int64_t max_pos, int64_t tokens, int q_heads, int kv_heads, int head_dim) {
+  allow_next_kernel();
+  wait_for_previous_kernels();
   const int half = head_dim / 2;
   const int heads = q_heads + kv_heads;
   const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
@@ -32,10 +35,9 @@ void rope(bf16* q, bf16* k, const int32_t* positions, const float* cos_sin, int6
           int64_t q_heads, int64_t kv_heads, int64_t head_dim, cudaStream_t stream) {
   const int64_t n = tokens * (q_heads + kv_heads) * (head_dim / 2);
   if (n == 0) return;
-  rope_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(
-      q, k, positions, cos_sin, max_pos, tokens, static_cast<int>(q_heads), static_cast<int>(kv_heads),
-      static_cast<int>(head_dim));
-  LSERVE_CUDA_CHECK_LAUNCH();
+  launch_dependent(rope_kernel, dim3(static_cast<unsigned>((n + 255) / 256)), dim3(256), 0, stream, q, k, positions,
+                   cos_sin, max_pos, tokens, static_cast<int>(q_heads), static_cast<int>(kv_heads),
+                   static_cast<int>(head_dim));
 }
 
 }  // namespace lserve::cuda

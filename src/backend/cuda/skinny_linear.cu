@@ -5,6 +5,7 @@
 // read with the streaming hint (.cs): they pass once per step and should not push the KV cache
 // and the selector's key summaries out of L2.
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/dependent_launch.cuh"
 #include "backend/cuda/skinny_linear.h"
 #include "backend/cuda/vec.cuh"
 
@@ -58,7 +59,8 @@ __global__ void __launch_bounds__(kThreads) skinny_kernel(const Params p) {
     if constexpr (Gated) w[kRowsPerWarp + r] = reinterpret_cast<const uint4*>(p.t[1].weight) + (r0 + r) * k8;
   }
   // Two batches of weight loads in flight: the next is issued before the current is used; the
-  // first goes out before x is staged.
+  // first goes out before x is staged, while the kernel that writes x may still be finishing
+  // (dependent_launch.cuh).
   uint4 next[kUnroll][W];
   auto load = [&](int c0) {
 #pragma unroll
@@ -68,7 +70,9 @@ __global__ void __launch_bounds__(kThreads) skinny_kernel(const Params p) {
       for (int r = 0; r < W; ++r) next[u][r] = c < k8 ? __ldcs(w[r] + c) : make_uint4(0, 0, 0, 0);
     }
   };
-  if (active) load(lane);
+  allow_next_kernel();
+  if (active) load(lane);  // weights: no kernel writes them, so before the wait
+  wait_for_previous_kernels();
   const auto* x = reinterpret_cast<const uint4*>(p.x);
   for (int i = threadIdx.x; i < M * k8; i += kThreads) xs[i] = x[i];
   __syncthreads();
@@ -139,8 +143,7 @@ void launch(const Params& p, cudaStream_t stream) {
   (void)configured;
   const int rows = p.first_row[p.num_targets];
   const unsigned blocks = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
-  skinny_kernel<M, Gated><<<blocks, kThreads, static_cast<size_t>(M) * p.k8 * 16, stream>>>(p);
-  LSERVE_CUDA_CHECK_LAUNCH();
+  launch_dependent(skinny_kernel<M, Gated>, dim3(blocks), dim3(kThreads), static_cast<size_t>(M) * p.k8 * 16, stream, p);
 }
 
 template <bool Gated>
