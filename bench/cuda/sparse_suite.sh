@@ -11,8 +11,9 @@
 #     each decode step broken down (host planning, device kernels) by `lserve bench`; and LServe
 #     at 128K x8 (dense does not fit).
 # Then the plots (bench/cuda/plot_sparse_gpu.py). Everything lands in OUT_DIR (default
-# build-gpu/sparse). PARTS (default all) picks some of kernels, peers, e2e, plots, so that the
-# suite can also run in pieces into the same OUT_DIR.
+# build-gpu/sparse). PARTS (default kernels,peers,e2e,plots) picks some of those, so that the
+# suite can also run in pieces into the same OUT_DIR; the part dependent-launch (not a default)
+# times the decode path with programmatic dependent launch on and off in one run.
 #
 #   bash bench/cuda/sparse_suite.sh [OUT_DIR] [PARTS, e.g. kernels,peers]
 set -uo pipefail
@@ -63,6 +64,24 @@ if want e2e; then
     --decode 131072,262144 --batch 1 --decode-steps 16 2>&1 | grep -v Warning | tee "$out/hf.log" || status=1
   python3 python/bench_hf_e2e.py --report "$out/e2e.csv,$out/hf.csv" --config "$config" --md "$out/e2e.md" >/dev/null ||
     status=1
+fi
+
+# Programmatic dependent launch on and off in one run (not in the default parts): the LServe
+# decode section at batch 1, the linears, and LServe and dense end to end at 256K.
+if want dependent-launch; then
+  echo "== dependent launch on and off ($(elapsed))"
+  for mode in on off; do
+    flag=() tool_flag=()
+    [ "$mode" = off ] && flag=(--no-dependent-launch) tool_flag=(no-dependent-launch)
+    build-gpu/bench/cuda/cuda_attention_timing lserve batch=1 "${tool_flag[@]}" 2>&1 |
+      tee "$out/dependent_launch_$mode.txt" || status=1
+    build-gpu/bench/cuda/cuda_linear_timing "${tool_flag[@]}" 2>&1 | tee -a "$out/dependent_launch_$mode.txt" || status=1
+    for policy in lserve dense; do
+      timeout 300 build-gpu/lserve bench --device cuda --load-format dummy --model "$config" --attention "$policy" \
+        --prompt-tokens 262144 --decode-tokens 33 --repeats 1 --warmup 1 --warmup-tokens 4096 "${flag[@]}" 2>&1 |
+        grep -v "\[info\]" | tee -a "$out/dependent_launch_$mode.txt" || status=1
+    done
+  done
 fi
 
 if want plots; then

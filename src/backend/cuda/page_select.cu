@@ -13,9 +13,10 @@
 // Where the lists would not fit that block's shared memory (budgets of more than half a chunk,
 // or very long contexts) the last block instead takes the k-th largest mass by a radix select
 // over all the pages, compacts the candidates above it and bitonic-sorts them.
-// Grids are fixed for a number of jobs (a recorded step replays them while contexts grow):
-// blocks stride over the chunks a job has at this length. Inactive jobs (selections reused
-// this step) return at once.
+// Grids are fixed for a number of jobs and, for the mass kernel, the grid's pages
+// (select_grid_pages): a recorded step replays them while contexts grow, and blocks stride over
+// the chunks a job has at this length. Inactive jobs (selections reused this step) return at
+// once.
 #include <algorithm>
 #include <cfloat>
 #include <climits>
