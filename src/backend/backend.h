@@ -173,6 +173,15 @@ class Backend {
   // Writes k and v ([T, num_kv_heads * head_dim]) of `layer` into the cache at the batch's slots.
   virtual void kv_append(KvCache& cache, int64_t layer, const Tensor& k, const Tensor& v,
                          const AttentionBatch& batch) = 0;
+  // rope, then kv_append of the rotated k and v: q is rotated in place, the cache gets the
+  // rotated keys, and k's contents afterwards are unspecified (a backend may rotate it in place
+  // or leave it). positions: the batch's ([T] i32). The default runs the two ops.
+  virtual void rope_kv_append(KvCache& cache, int64_t layer, Tensor q, Tensor k, const Tensor& v,
+                              const Tensor& positions, const Tensor& cos_sin, int64_t head_dim,
+                              const AttentionBatch& batch) {
+    rope(q, k, positions, cos_sin, head_dim);
+    kv_append(cache, layer, k, v, batch);
+  }
   // Attention of the batch's queries over the cache.  q: [T, num_heads * head_dim], out: same.
   virtual void attention(const KvCache& cache, int64_t layer, const Tensor& q, const AttentionBatch& batch,
                          float scale, Tensor out) = 0;

@@ -210,8 +210,7 @@ void LlamaModel::attention_block(int64_t layer, int64_t T, const AttentionBatch&
     backend_.head_rms_norm(q, config_.head_dim, w.q_norm, eps);
     backend_.head_rms_norm(k, config_.head_dim, w.k_norm, eps);
   }
-  backend_.rope(q, k, s.positions.rows(0, T), rope_table_, config_.head_dim);
-  backend_.kv_append(cache, layer, k, v, batch);
+  backend_.rope_kv_append(cache, layer, q, k, v, s.positions.rows(0, T), rope_table_, config_.head_dim, batch);
   const float scale = 1.0f / std::sqrt(static_cast<float>(config_.head_dim));
   backend_.attention(cache, layer, q, batch, scale, s.attn.rows(0, T));
 }

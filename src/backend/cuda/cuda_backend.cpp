@@ -445,19 +445,47 @@ class CudaBackend final : public Backend {
     cuda::silu_mul(bf16_of(gate), bf16_of(up), bf16_of(out), out.numel(), stream_);
   }
 
+  // The layer's pools and the step's slots (begin_step copied the batch).
+  cuda::KvPools kv_pools(KvCache& cache, int64_t layer) const {
+    const bool streaming = cache.has_streaming_heads();
+    LSERVE_CHECK(!streaming || dbatch_.stream_slot_mapping, "a cache with streaming heads needs their slots in the batch");
+    return {bf16_of(cache.k_pages(layer)),
+            bf16_of(cache.v_pages(layer)),
+            dbatch_.slot_mapping,
+            streaming ? bf16_of(cache.k_pages(layer, HeadKind::Streaming)) : nullptr,
+            streaming ? bf16_of(cache.v_pages(layer, HeadKind::Streaming)) : nullptr,
+            dbatch_.stream_slot_mapping};
+  }
+
+  void rope_kv_append(KvCache& cache, int64_t layer, Tensor q, Tensor k, const Tensor& v, const Tensor& positions,
+                      const Tensor& cos_sin, int64_t head_dim, const AttentionBatch& batch) override {
+    expect_bf16(q, "rope_kv_append q");
+    expect_bf16(k, "rope_kv_append k");
+    expect_bf16(v, "rope_kv_append v");
+    LSERVE_CHECK(cos_sin.dtype == DType::F32 && cos_sin.device == Device::Cuda, "the RoPE table must be f32 on the GPU");
+    expect_kv_cache(cache);
+    ensure_step(batch);
+    if (!options_.fused_rope_kv_append || positions.device != Device::Cuda || head_dim != cache.head_dim()) {
+      Backend::rope_kv_append(cache, layer, q, k, v, positions, cos_sin, head_dim, batch);
+      return;
+    }
+    const cuda::HeadMap heads = head_map(cache, layer);
+    const bool summaries = cache.logical_page_size() > 0 && heads.retrieval_heads > 0;
+    // The step's positions (the batch's, which `positions` holds too), as kv_summaries reads them.
+    cuda::rope_kv_append(bf16_of(q), bf16_of(k), bf16_of(v), kv_pools(cache, layer), heads, dbatch_.positions,
+                         dbatch_.query_start, dbatch_.num_seqs, cos_sin.as<float>(), cos_sin.dim(0), q.dim(0),
+                         q.dim(1) / head_dim, k.dim(1) / head_dim, cache.page_size(), head_dim,
+                         summaries ? cache.logical_page_size() : 0,
+                         summaries ? bf16_of(cache.key_min(layer)) : nullptr,
+                         summaries ? bf16_of(cache.key_max(layer)) : nullptr, stream_);
+  }
+
   void kv_append(KvCache& cache, int64_t layer, const Tensor& k, const Tensor& v, const AttentionBatch& batch) override {
     expect_bf16(k, "kv_append k");
     expect_bf16(v, "kv_append v");
     expect_kv_cache(cache);
     ensure_step(batch);
-    const bool streaming = cache.has_streaming_heads();
-    LSERVE_CHECK(!streaming || dbatch_.stream_slot_mapping, "a cache with streaming heads needs their slots in the batch");
-    const cuda::KvPools pools{bf16_of(cache.k_pages(layer)),
-                              bf16_of(cache.v_pages(layer)),
-                              dbatch_.slot_mapping,
-                              streaming ? bf16_of(cache.k_pages(layer, HeadKind::Streaming)) : nullptr,
-                              streaming ? bf16_of(cache.v_pages(layer, HeadKind::Streaming)) : nullptr,
-                              dbatch_.stream_slot_mapping};
+    const cuda::KvPools pools = kv_pools(cache, layer);
     const cuda::HeadMap heads = head_map(cache, layer);
     cuda::kv_append(bf16_of(k), bf16_of(v), pools, heads, k.dim(0), cache.num_kv_heads(), cache.page_size(),
                     cache.head_dim(), stream_);

@@ -33,6 +33,9 @@ struct CudaBackendOptions {
   // start while the one before it drains. Off: ordinary launches, for comparison. Process-wide:
   // the last backend made sets it.
   bool dependent_launch = true;
+  // RoPE, the KV append and the key summaries in one kernel (rope_kv_append.cu); off runs the
+  // three kernels (tests compare the two).
+  bool fused_rope_kv_append = true;
 };
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);

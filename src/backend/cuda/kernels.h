@@ -74,4 +74,13 @@ void kv_summaries(const bf16* k_pages, const int64_t* slot_mapping, const int32_
                   int64_t page_size, int64_t logical_page_size, int64_t head_dim, bf16* key_min, bf16* key_max,
                   cudaStream_t stream);
 
+// rope, kv_append and kv_summaries in one launch (rope_kv_append.cu): q rotated in place, the
+// rotated keys and the values into the pools, and with key_min (not null) the retrieval heads'
+// summaries of the logical pages the step wrote to. k is read only. positions and query_start
+// as in the AttentionBatch (positions outside the table leave a row unrotated, as rope does).
+void rope_kv_append(bf16* q, const bf16* k, const bf16* v, const KvPools& pools, const HeadMap& heads,
+                    const int32_t* positions, const int32_t* query_start, int32_t num_seqs, const float* cos_sin,
+                    int64_t max_pos, int64_t tokens, int64_t q_heads, int64_t kv_heads, int64_t page_size,
+                    int64_t head_dim, int64_t logical_page_size, bf16* key_min, bf16* key_max, cudaStream_t stream);
+
 }  // namespace lserve::cuda
