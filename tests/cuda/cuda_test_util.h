@@ -41,6 +41,19 @@ inline std::vector<float> random_bf16(size_t n, std::mt19937& rng, float scale =
   return bf16_rounded(random_floats(n, rng, scale));
 }
 
+// A RoPE table as the model builds one ([max_pos, head_dim] f32: cos | sin, base 10000).
+inline std::vector<float> rope_table(int64_t max_pos, int64_t head_dim) {
+  std::vector<float> table(static_cast<size_t>(max_pos * head_dim));
+  for (int64_t p = 0; p < max_pos; ++p)
+    for (int64_t i = 0; i < head_dim / 2; ++i) {
+      const double a =
+          static_cast<double>(p) * std::pow(10000.0, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+      table[static_cast<size_t>(p * head_dim + i)] = static_cast<float>(std::cos(a));
+      table[static_cast<size_t>(p * head_dim + head_dim / 2 + i)] = static_cast<float>(std::sin(a));
+    }
+  return table;
+}
+
 // A tensor together with the memory that holds it.
 struct Owned {
   std::shared_ptr<DeviceMemory> memory;

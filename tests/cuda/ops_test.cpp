@@ -196,13 +196,7 @@ TEST_F(CudaOps, Rope) {
   for (int64_t D : {16, 64, 128}) {
     SCOPED_TRACE(where() << " head_dim " << D);
     const int64_t T = std::uniform_int_distribution<int64_t>(1, 50)(rng_), hq = 6, hk = 2, max_pos = 5000;
-    std::vector<float> table(static_cast<size_t>(max_pos * D));
-    for (int64_t p = 0; p < max_pos; ++p)
-      for (int64_t i = 0; i < D / 2; ++i) {
-        const double a = static_cast<double>(p) * std::pow(10000.0, -2.0 * static_cast<double>(i) / static_cast<double>(D));
-        table[static_cast<size_t>(p * D + i)] = static_cast<float>(std::cos(a));
-        table[static_cast<size_t>(p * D + D / 2 + i)] = static_cast<float>(std::sin(a));
-      }
+    const std::vector<float> table = test::rope_table(max_pos, D);
     std::vector<int32_t> pos(static_cast<size_t>(T));
     for (auto& p : pos) p = std::uniform_int_distribution<int32_t>(0, max_pos - 1)(rng_);
     const auto q = random_bf16(static_cast<size_t>(T * hq * D), rng_), k = random_bf16(static_cast<size_t>(T * hk * D), rng_);

@@ -34,15 +34,7 @@ StepsResult run_steps(bool fused, const ModelConfig& c, int32_t page, int32_t lo
   std::mt19937 rng(seed);
   // A table shorter than the last positions: those rows stay unrotated on both sides.
   const int64_t D = c.head_dim, H = c.num_heads, Hk = c.num_kv_heads, max_pos = 56;
-  // cos | sin per position, as the model builds its table.
-  std::vector<float> table(static_cast<size_t>(max_pos * D));
-  for (int64_t p = 0; p < max_pos; ++p)
-    for (int64_t i = 0; i < D / 2; ++i) {
-      const double a = static_cast<double>(p) * std::pow(10000.0, -2.0 * static_cast<double>(i) / static_cast<double>(D));
-      table[static_cast<size_t>(p * D + i)] = static_cast<float>(std::cos(a));
-      table[static_cast<size_t>(p * D + D / 2 + i)] = static_cast<float>(std::sin(a));
-    }
-  auto rope_table = test::put_raw(*gpu, DType::F32, Shape{max_pos, D}, table);
+  auto rope_table = test::put_raw(*gpu, DType::F32, Shape{max_pos, D}, test::rope_table(max_pos, D));
   KvCacheOptions o;
   o.page_size = page;
   o.logical_page_size = logical;

@@ -8,6 +8,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/dependent_launch.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/kv_slot.cuh"
 
 namespace lserve::cuda {
 
@@ -24,21 +25,15 @@ __global__ void kv_append_kernel(const bf16* __restrict__ k, const bf16* __restr
   const int c = static_cast<int>(idx % chunks);
   const int h = static_cast<int>((idx / chunks) % kv_heads);
   const int64_t t = idx / (int64_t{chunks} * kv_heads);
-  const int s = heads.slot[h];
-  const bool streaming = s < 0;
-  const int index = streaming ? ~s : s, pool_heads = streaming ? heads.stream_heads : heads.retrieval_heads;
-  const int64_t slot = (streaming ? pools.stream_slot_mapping : pools.slot_mapping)[t];
-  bf16* kp = streaming ? pools.k_stream : pools.k_pages;
-  bf16* vp = streaming ? pools.v_stream : pools.v_pages;
-  const int64_t page = slot / page_size, offset = slot % page_size;
+  const KvSlot to = KvSlot::of(pools, heads, h, t, page_size);
   const int64_t src = (t * kv_heads + h) * head_dim + c * kVec;
-  const int64_t dst = ((page * pool_heads + index) * page_size + offset) * head_dim + c * kVec;
+  const int64_t dst = (to.row0 + to.offset) * head_dim + c * kVec;
   if constexpr (kVec == 8) {
-    *reinterpret_cast<uint4*>(kp + dst) = *reinterpret_cast<const uint4*>(k + src);
-    *reinterpret_cast<uint4*>(vp + dst) = *reinterpret_cast<const uint4*>(v + src);
+    *reinterpret_cast<uint4*>(to.k + dst) = *reinterpret_cast<const uint4*>(k + src);
+    *reinterpret_cast<uint4*>(to.v + dst) = *reinterpret_cast<const uint4*>(v + src);
   } else {
-    kp[dst] = k[src];
-    vp[dst] = v[src];
+    to.k[dst] = k[src];
+    to.v[dst] = v[src];
   }
 }
 

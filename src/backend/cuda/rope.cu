@@ -4,6 +4,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/dependent_launch.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/rope_rotation.cuh"
 
 namespace lserve::cuda {
 
@@ -23,10 +24,10 @@ __global__ void rope_kernel(bf16* q, bf16* k, const int32_t* __restrict__ positi
   const int32_t pos = positions[t];
   if (pos < 0 || pos >= max_pos) return;
   bf16* x = h < q_heads ? q + (t * q_heads + h) * head_dim : k + (t * kv_heads + (h - q_heads)) * head_dim;
-  const float c = cos_sin[int64_t{pos} * head_dim + i], s = cos_sin[int64_t{pos} * head_dim + half + i];
-  const float x1 = __bfloat162float(x[i]), x2 = __bfloat162float(x[i + half]);
-  x[i] = __float2bfloat16_rn(x1 * c - x2 * s);
-  x[i + half] = __float2bfloat16_rn(x2 * c + x1 * s);
+  bf16 a, b;
+  Rotation{cos_sin, max_pos, half}.apply(x, pos, i, a, b);
+  x[i] = a;
+  x[i + half] = b;
 }
 
 }  // namespace

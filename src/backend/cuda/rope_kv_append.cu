@@ -16,30 +16,12 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/dependent_launch.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/kv_slot.cuh"
+#include "backend/cuda/rope_rotation.cuh"
 
 namespace lserve::cuda {
 
 namespace {
-
-struct Rotation {
-  const float* cos_sin;
-  int64_t max_pos;
-  int half;
-  // The rotated pair (i, i + half) of a row at `pos`; a position outside the table leaves the
-  // row as it is (as rope_kernel does).
-  __device__ void apply(const bf16* row, int32_t pos, int i, bf16& a, bf16& b) const {
-    if (pos < 0 || pos >= max_pos) {
-      a = row[i];
-      b = row[i + half];
-      return;
-    }
-    const int d = 2 * half;
-    const float c = cos_sin[int64_t{pos} * d + i], s = cos_sin[int64_t{pos} * d + half + i];
-    const float x1 = __bfloat162float(row[i]), x2 = __bfloat162float(row[i + half]);
-    a = __float2bfloat16_rn(x1 * c - x2 * s);
-    b = __float2bfloat16_rn(x2 * c + x1 * s);
-  }
-};
 
 __global__ void rope_kv_append_kernel(bf16* q, const bf16* __restrict__ k, const bf16* __restrict__ v, KvPools pools,
                                       const int32_t* __restrict__ positions, const int32_t* __restrict__ query_start,
@@ -64,22 +46,16 @@ __global__ void rope_kv_append_kernel(bf16* q, const bf16* __restrict__ k, const
     row[i + half] = b;
     return;
   }
-  const int kvh = h - q_heads, s = heads.slot[kvh];
-  const bool streaming = s < 0;
-  const int index = streaming ? ~s : s, pool_heads = streaming ? heads.stream_heads : heads.retrieval_heads;
-  const int64_t slot = (streaming ? pools.stream_slot_mapping : pools.slot_mapping)[t];
-  bf16* kp = streaming ? pools.k_stream : pools.k_pages;
-  bf16* vp = streaming ? pools.v_stream : pools.v_pages;
-  const int64_t page = slot / page_size, offset = slot % page_size;
-  const int64_t src = (t * kv_heads + kvh) * D;
-  const int64_t row0 = (page * pool_heads + index) * page_size;  // the page's first row of this head
+  const int kvh = h - q_heads;
+  const KvSlot to = KvSlot::of(pools, heads, kvh, t, page_size);
+  const int64_t src = (t * kv_heads + kvh) * D, offset = to.offset;
   bf16 ka, kb;
   rot.apply(k + src, pos, i, ka, kb);
-  kp[(row0 + offset) * D + i] = ka;
-  kp[(row0 + offset) * D + i + half] = kb;
-  vp[(row0 + offset) * D + i] = v[src + i];
-  vp[(row0 + offset) * D + i + half] = v[src + i + half];
-  if (streaming || !key_min) return;  // streaming heads keep no summaries
+  to.k[(to.row0 + offset) * D + i] = ka;
+  to.k[(to.row0 + offset) * D + i + half] = kb;
+  to.v[(to.row0 + offset) * D + i] = v[src + i];
+  to.v[(to.row0 + offset) * D + i + half] = v[src + i + half];
+  if (to.streaming || !key_min) return;  // streaming heads keep no summaries
 
   // The sequence holding row t: the last b with query_start[b] <= t.
   int lo = 0, hi = num_seqs - 1;
@@ -98,15 +74,15 @@ __global__ void rope_kv_append_kernel(bf16* q, const bf16* __restrict__ k, const
     if (tr >= first_new) {
       rot.apply(k + (tr * kv_heads + kvh) * D, static_cast<int32_t>(pos - back), i, a, b);
     } else {
-      a = kp[(row0 + r) * D + i];
-      b = kp[(row0 + r) * D + i + half];
+      a = to.k[(to.row0 + r) * D + i];
+      b = to.k[(to.row0 + r) * D + i + half];
     }
     const float fa = __bfloat162float(a), fb = __bfloat162float(b);
     lo_a = fminf(lo_a, fa), hi_a = fmaxf(hi_a, fa);
     lo_b = fminf(lo_b, fb), hi_b = fmaxf(hi_b, fb);
   }
   const int64_t logical = page_size / logical_page_size;
-  const int64_t dst = ((page * heads.retrieval_heads + s) * logical + offset / logical_page_size) * D;
+  const int64_t dst = ((to.page * heads.retrieval_heads + to.index) * logical + offset / logical_page_size) * D;
   key_min[dst + i] = __float2bfloat16_rn(lo_a);  // exact: the min and max of bf16 values are bf16 values
   key_max[dst + i] = __float2bfloat16_rn(hi_a);
   key_min[dst + i + half] = __float2bfloat16_rn(lo_b);
