@@ -827,10 +827,11 @@ class CudaBackend final : public Backend {
             j.count_index = static_cast<int32_t>(unit);
             j.scratch = static_cast<int32_t>(scratch_at / 16);
             j.active = fresh ? 1 : 0;
-            if (fresh) {
+            if (fresh)
               scratch_at += cuda::select_scratch_bytes(j.num_heads, num_pages, P / cache.logical_page_size(), j.max_pages);
-              sel.grid_pages = std::max(sel.grid_pages, cuda::select_grid_pages(num_pages));
-            }
+            // Over every selecting sequence, fresh or not: with the fresh ones alone, sequences
+            // selecting out of phase would change the grid (and the recording) step to step.
+            sel.grid_pages = std::max(sel.grid_pages, cuda::select_grid_pages(num_pages));
             LSERVE_CHECK(scratch_at / 16 <= static_cast<size_t>(INT32_MAX) &&
                              counts + (unit + 1) * static_cast<size_t>(cap) <= static_cast<size_t>(INT32_MAX),
                          "page selection: {} sequences of {} pages overflow the selector's offsets", S, num_pages);
