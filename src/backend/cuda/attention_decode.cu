@@ -74,6 +74,11 @@ __device__ void merge_splits(const AttentionParams& p, const MergeItem m, const 
       for (int32_t s = lane; s < m.num_splits; s += kLanes) mx = fmaxf(mx, __ldcg(lse + int64_t{s} * H));
     for (int o = kLanes / 2; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o, kLanes));
     if (!active) continue;
+    bf16* out = p.out + (int64_t{t} * H + head) * D + lane * 4;
+    if (mx == -INFINITY) {  // no split saw a key (no case today: a window holds the last key)
+      out[0] = out[1] = out[2] = out[3] = __float2bfloat16_rn(0.0f);
+      continue;
+    }
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float wsum = 0.0f;
     const float* po = partial_o + (int64_t{m.first_partial} * H + head) * D + lane * 4;
@@ -85,7 +90,6 @@ __device__ void merge_splits(const AttentionParams& p, const MergeItem m, const 
       acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
       wsum += w;
     }
-    bf16* out = p.out + (int64_t{t} * H + head) * D + lane * 4;
     out[0] = __float2bfloat16_rn(acc.x / wsum);
     out[1] = __float2bfloat16_rn(acc.y / wsum);
     out[2] = __float2bfloat16_rn(acc.z / wsum);

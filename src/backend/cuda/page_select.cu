@@ -93,10 +93,19 @@ __device__ inline unsigned char* scratch_of(const SelectParams& p, const SelectJ
   return p.scratch + static_cast<size_t>(j.scratch) * 16;
 }
 
-// The host's order of candidates: larger mass first, then lower index. Strict (indices differ).
+// Masses are >= 0, so their bit patterns order as they do.
+__device__ inline unsigned long long key_of(double m) { return static_cast<unsigned long long>(__double_as_longlong(m)); }
+
+// The host's order of candidates: larger mass first, then lower index. Compared by bit pattern,
+// which for masses (>= 0) is their numeric order, and which stays a total order if a mass is
+// NaN (an overflowing score): the sorts and the merge then still place every candidate once.
 __device__ inline bool before(double ma, int32_t ia, double mb, int32_t ib) {
-  return ma > mb || (ma == mb && ia < ib);
+  const unsigned long long a = key_of(ma), b = key_of(mb);
+  return a > b || (a == b && ia < ib);
 }
+// What pads a sort or a chunk list: after every page (key 0 is the mass +0, index the largest).
+constexpr double kPadMass = 0.0;
+constexpr int32_t kPadIndex = INT_MAX;
 
 // ---- 1. scores ----
 
@@ -157,8 +166,9 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const SelectParams
     // max(q kmax, q kmin). Here s = fma(q_neg, kmin, fma(q_pos, kmax, s)): the same sum bit for
     // bit, since one of the two terms is zero and the other is the larger product (exact in
     // f32: a product of two bf16), and a fused add of an exact product rounds as the host's
-    // add does. Rows past the sequence's last token (in its last page) hold nothing and do not
-    // count.
+    // add does. (For finite keys and products above f32's subnormals, which model keys are;
+    // an infinite key summary would make 0 * inf a NaN where the host takes the other product.)
+    // Rows past the sequence's last token (in its last page) hold nothing and do not count.
     for (int e = threadIdx.x; e < rows * G; e += kScoreThreads) {
       const int r = e % rows, h = e / rows;
       const int32_t i = page0 + r / per_page, lp = r % per_page;
@@ -290,7 +300,7 @@ __device__ inline void merge_lists(const Layout& lay, const unsigned char* base,
   __syncthreads();
   for (int32_t e = threadIdx.x; e < total; e += blockDim.x) {
     const int32_t own = e / k, idx = sh.list_index[e];
-    if (idx == INT_MAX) continue;  // padding
+    if (idx == kPadIndex) continue;  // padding
     const double m = sh.list_mass[e];
     int32_t rank = e % k;  // the candidates before it in its own list
     for (int32_t c = 0; c < C && rank < k; ++c) {
@@ -310,8 +320,6 @@ __device__ inline void merge_lists(const Layout& lay, const unsigned char* base,
   __syncthreads();
 }
 
-// Masses are >= 0, so their bit patterns order as they do.
-__device__ inline unsigned long long key_of(double m) { return static_cast<unsigned long long>(__double_as_longlong(m)); }
 
 // The radix path: the k-th largest mass among the candidates (pages 1 .. n - 2), the ones above
 // it and the lowest-index ties compacted, then bitonic-sorted by the host's order into
@@ -396,8 +404,8 @@ __device__ void radix_pick(const Layout& lay, int32_t n, const double* mass, dou
     }
   }
   for (int32_t s = k + threadIdx.x; s < lay.sort_size; s += kThreads) {  // padding sorts last
-    sort_mass[s] = -1.0;
-    sort_index[s] = INT_MAX;
+    sort_mass[s] = kPadMass;
+    sort_index[s] = kPadIndex;
   }
   __syncthreads();
 
@@ -449,7 +457,7 @@ __global__ void __launch_bounds__(kMassThreads) mass_kernel(const SelectParams p
 
   for (int32_t c = blockIdx.y; c < lay.mass_chunks; c += gridDim.y) {
     const int32_t i = c * kMassThreads + threadIdx.x;
-    double estimate = -1.0;  // past the last page: sorts after every page
+    double estimate = kPadMass;  // past the last page (not a candidate: padded below)
     if (i < n) {
       estimate = 0.0;  // exp(scale * s - max) / total per head, as the host computes it
       for (int h = 0; h < G; ++h)
@@ -459,8 +467,8 @@ __global__ void __launch_bounds__(kMassThreads) mass_kernel(const SelectParams p
     }
     if (lay.merge) {  // the chunk's first k candidates (the first and last page are no candidates)
       const bool candidate = i >= 1 && i < n - 1;
-      double m = candidate ? estimate : -1.0;
-      int32_t idx = candidate ? i : INT_MAX;
+      double m = candidate ? estimate : kPadMass;
+      int32_t idx = candidate ? i : kPadIndex;
       sort_block(m, idx, sh.chunk_mass, sh.chunk_index);
       if (threadIdx.x < k) {
         lists_mass[static_cast<int64_t>(c) * k + threadIdx.x] = m;
