@@ -34,8 +34,9 @@ __device__ inline void wait_for_previous_kernels() {
 #endif
 }
 
-// The process-wide switch set_dependent_launch() (kernels.h) sets: off launches the same
-// kernels the ordinary way (their waits then return at once).
+// The process-wide switch set_dependent_launch() (kernels.h) sets, and-ed with whether this
+// build's device code waits at all (compiled for compute capability 9.0 or later, running on
+// such a device): otherwise the same kernels launch the ordinary way (their waits are no-ops).
 bool dependent_launch_enabled();
 
 template <class... Params, class... Args>
