@@ -229,7 +229,7 @@ class CudaBackend final : public Backend {
     plan_group_ = -1;  // the attention plan is rebuilt for this batch
     sel_ = StepSelection{};
     if (heads.cache && batch.selects_pages() && heads.num_heads > 0) {
-      const auto t0 = StepTimer::Clock::now();
+      const auto t0 = timer_.active ? StepTimer::Clock::now() : StepTimer::Clock::time_point{};
       plan_selection(batch, *heads.cache, heads.num_heads);
       if (timer_.active) timer_.select_plan = StepTimer::Clock::now() - t0;
     }
@@ -877,16 +877,11 @@ class CudaBackend final : public Backend {
     sel_counts_dev_ = reinterpret_cast<int32_t*>(d + jobs_bytes + slot_bytes);
     sel_pages_dev_ = sel_counts_dev_;  // job.out counts from here: counts first, then the lists
     if (sel.scratch_bytes > 0) select_scratch_.ensure(sel.scratch_bytes, stream_);
-    // The selector's counters per job of a layer: zeroed when their block is new (the kernels
-    // leave them zero after every launch).
+    // The selector's counters, one per job of a layer.
     size_t layer_jobs = 0;
     for (size_t l = 0; l + 1 < sel.layer_job_begin.size(); ++l)
       layer_jobs = std::max<size_t>(layer_jobs, static_cast<size_t>(sel.layer_job_begin[l + 1] - sel.layer_job_begin[l]));
-    if (layer_jobs * sizeof(uint32_t) > select_arrivals_bytes_) {
-      select_arrivals_bytes_ = layer_jobs * sizeof(uint32_t);
-      void* arrivals = select_arrivals_.ensure(select_arrivals_bytes_, stream_);
-      LSERVE_CUDA_CHECK(cudaMemsetAsync(arrivals, 0, select_arrivals_bytes_, stream_));
-    }
+    select_arrivals_.ensure(layer_jobs, stream_);
   }
 
   // This layer's fresh selections, then the attention params that read the lists.
@@ -912,7 +907,7 @@ class CudaBackend final : public Backend {
       sp.out_pages = sel_pages_dev_;
       sp.out_counts = sel_counts_dev_;
       sp.scratch = static_cast<unsigned char*>(select_scratch_.data());
-      sp.arrivals = static_cast<uint32_t*>(select_arrivals_.data());
+      sp.arrivals = select_arrivals_.data();
       cuda::select_pages(sp, sel_jobs_dev_ + j0, j1 - j0, stream_);
     }
     p.select_slot = sel_slot_dev_;
@@ -958,14 +953,9 @@ class CudaBackend final : public Backend {
                             static_cast<size_t>(num_heads);
     partial_o_ = static_cast<float*>(partial_o_buffer_.ensure(partials * static_cast<size_t>(head_dim) * 4, stream_));
     partial_lse_ = static_cast<float*>(partial_lse_buffer_.ensure(partials * 4, stream_));
-    // The decode's merge counters, one per (merge, query head) at most: zeroed when their block
-    // is new (each launch leaves them zero).
-    const size_t arrival_bytes = static_cast<size_t>(plan_counts_.merge_capacity) * static_cast<size_t>(num_heads) * 4;
-    if (arrival_bytes > merge_arrivals_bytes_) {
-      merge_arrivals_bytes_ = arrival_bytes;
-      merge_arrivals_ = static_cast<uint32_t*>(merge_arrivals_buffer_.ensure(arrival_bytes, stream_));
-      LSERVE_CUDA_CHECK(cudaMemsetAsync(merge_arrivals_, 0, arrival_bytes, stream_));
-    }
+    // The decode's merge counters, one per (merge, query head) at most.
+    merge_arrivals_ = merge_arrivals_buffer_.ensure(
+        static_cast<size_t>(plan_counts_.merge_capacity) * static_cast<size_t>(num_heads), stream_);
     plan_group_ = group;
   }
 
@@ -1039,9 +1029,8 @@ class CudaBackend final : public Backend {
   PlanCounts plan_counts_;
   float* partial_o_ = nullptr;
   float* partial_lse_ = nullptr;
-  cuda::GrowableBuffer merge_arrivals_buffer_;
+  cuda::ArrivalCounters merge_arrivals_buffer_;
   uint32_t* merge_arrivals_ = nullptr;
-  size_t merge_arrivals_bytes_ = 0;  // zeroed so far
   std::map<int64_t, int32_t> max_splits_;  // (head_dim, KV heads) -> decode_max_splits
 
   // Recorded steps (CUDA graphs), one per key; few shapes recur (one per decode batch size).
@@ -1078,8 +1067,8 @@ class CudaBackend final : public Backend {
   StepSelection sel_;
   int32_t sel_page_size_ = 0;
   static constexpr int32_t kDecodeMaxGroupForSelection = cuda::kDecodeMaxGroup;
-  cuda::GrowableBuffer select_device_, select_scratch_, select_arrivals_;
-  size_t select_arrivals_bytes_ = 0;  // zeroed so far
+  cuda::GrowableBuffer select_device_, select_scratch_;
+  cuda::ArrivalCounters select_arrivals_;
   const cuda::SelectJob* sel_jobs_dev_ = nullptr;
   const int32_t* sel_slot_dev_ = nullptr;
   int32_t* sel_counts_dev_ = nullptr;

@@ -40,4 +40,13 @@ void* GrowableBuffer::ensure(size_t bytes, cudaStream_t stream) {
   return mem_->data();
 }
 
+uint32_t* ArrivalCounters::ensure(size_t count, cudaStream_t stream) {
+  auto* d = static_cast<uint32_t*>(buffer_.ensure(count * sizeof(uint32_t), stream));
+  if (count > zeroed_) {  // a new block, or one grown past what was zeroed: all of it again
+    LSERVE_CUDA_CHECK(cudaMemsetAsync(d, 0, count * sizeof(uint32_t), stream));
+    zeroed_ = count;
+  }
+  return d;
+}
+
 }  // namespace lserve::cuda

@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 
 #include "backend/backend.h"
@@ -40,6 +41,18 @@ class GrowableBuffer {
 
  private:
   std::unique_ptr<CudaMemory> mem_;
+};
+
+// Counters for kernels that count their blocks in and leave the counts at zero when they end
+// (the last block to arrive resets it): zero once, when first made or grown, never per launch.
+class ArrivalCounters {
+ public:
+  uint32_t* ensure(size_t count, cudaStream_t stream);
+  uint32_t* data() const { return static_cast<uint32_t*>(buffer_.data()); }
+
+ private:
+  GrowableBuffer buffer_;
+  size_t zeroed_ = 0;  // counters zeroed so far
 };
 
 }  // namespace lserve::cuda
