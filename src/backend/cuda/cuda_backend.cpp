@@ -918,9 +918,9 @@ class CudaBackend final : public Backend {
   }
 
   // The attention plan of this step for a GQA group size, built and uploaded once per step.
-  // Device layout: the decode and merge counts, then the prefill items, then room for the most
-  // decode and merge items a batch of these sequences can need (so the layout, and a recording
-  // made over it, stays the same while the sequences grow).
+  // Device layout: the decode count (and three spare ints), then the prefill items, then room
+  // for the most decode and merge items a batch of these sequences can need (so the layout, and
+  // a recording made over it, stays the same while the sequences grow).
   // full_context_kv_heads: the KV heads per layer that read the whole context (the rest stream):
   // one sequence's splits of those fill the GPU once.
   void ensure_plan(const AttentionBatch& batch, int32_t group, int32_t num_heads, int32_t full_context_kv_heads,
@@ -930,7 +930,6 @@ class CudaBackend final : public Backend {
         cuda::make_attention_plan(batch, group, max_splits, sel_.list_splits, sel_.entries_per_split);
     plan_counts_.prefill = static_cast<int32_t>(plan.prefill.size());
     plan_counts_.decode = static_cast<int32_t>(plan.decode.size());
-    plan_counts_.merge = static_cast<int32_t>(plan.merge.size());
     plan_counts_.decode_capacity = plan.decode_capacity;
     plan_counts_.merge_capacity = plan.merge_capacity();
     const size_t b_head = 4 * sizeof(int32_t);
@@ -938,7 +937,7 @@ class CudaBackend final : public Backend {
     const size_t b1 = static_cast<size_t>(plan_counts_.decode_capacity) * sizeof(cuda::DecodeItem);
     const size_t b2 = static_cast<size_t>(plan_counts_.merge_capacity) * sizeof(cuda::MergeItem);
     plan_host_.assign(b_head + b0 + b1 + b2, 0);
-    const int32_t counts[4] = {plan_counts_.decode, plan_counts_.merge, 0, 0};
+    const int32_t counts[4] = {plan_counts_.decode, 0, 0, 0};  // the decode kernel reads the first
     std::memcpy(plan_host_.data(), counts, b_head);
     std::memcpy(plan_host_.data() + b_head, plan.prefill.data(), b0);
     std::memcpy(plan_host_.data() + b_head + b0, plan.decode.data(), plan.decode.size() * sizeof(cuda::DecodeItem));
@@ -1017,7 +1016,7 @@ class CudaBackend final : public Backend {
 
   // The step's attention plan.
   struct PlanCounts {
-    int32_t prefill = 0, decode = 0, merge = 0, decode_capacity = 0, merge_capacity = 0;
+    int32_t prefill = 0, decode = 0, decode_capacity = 0, merge_capacity = 0;
   };
   int32_t plan_group_ = -1;
   std::vector<char> plan_host_;
