@@ -87,8 +87,8 @@ if [ "$sanitize" -eq 1 ]; then
     note "compute-sanitizer $1: $(grep -E "(ERROR|RACECHECK) SUMMARY" "$logs/sanitizer-$1.log" | tail -1) (exit $code)"
     [ "$code" -eq 0 ] || { status=1; grep -m 20 -E "^=+ (Invalid|Race|Error|ERROR)" "$logs/sanitizer-$1.log"; }
   }
-  run_tool memcheck "CudaOps.*:CudaKvLayout.*:CudaAttention.FixedShapes:CudaAttention.Decode*:CudaSampling.GreedyIsTheArgmax:CudaSampling.Draws*:*GraphsChangeNothing/tiny_llama:CudaStreaming.PrefillChunksAndDecodeMatchTheCpu:CudaStreaming.PageSelectionMatchesTheCpu:CudaPageSelect.*"
-  run_tool racecheck "CudaAttention.FixedShapes:CudaSampling.GreedyIsTheArgmax:CudaStreaming.PageSelectionMatchesTheCpu:CudaPageSelect.*"
+  run_tool memcheck "CudaOps.*:CudaKvLayout.*:CudaAttention.FixedShapes:CudaAttention.Decode*:CudaSampling.GreedyIsTheArgmax:CudaSampling.Draws*:*GraphsChangeNothing/tiny_llama:CudaStreaming.PrefillChunksAndDecodeMatchTheCpu:CudaStreaming.PageSelectionMatchesTheCpu:CudaPageSelect.*:CudaRopeKvAppend.*"
+  run_tool racecheck "CudaAttention.FixedShapes:CudaSampling.GreedyIsTheArgmax:CudaStreaming.PageSelectionMatchesTheCpu:CudaPageSelect.*:CudaRopeKvAppend.*"
 fi
 
 # ---- attention timing ----

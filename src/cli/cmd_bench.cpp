@@ -40,6 +40,7 @@ struct BenchOptions {
   int64_t prefill_chunk = 2048;
   bool json = false;
   std::string csv;
+  bool cuda_profile = false;  // the timed decode steps inside cudaProfilerStart/Stop
 };
 
 using Clock = std::chrono::steady_clock;
@@ -263,7 +264,7 @@ void run_single(const BenchOptions& o, LoadedModel& m, CsvOut& csv) {
     std::vector<double> prefill, decode;
     const int64_t wn = o.warmup_tokens > 0 ? std::min(n, o.warmup_tokens) : n;
     GenerationResult last;
-    DecodeTimer timer(*m.backend);
+    DecodeTimer timer(*m.backend, o.cuda_profile);
     for (int r = 0; r < o.warmup + o.repeats; ++r) {  // warm-up runs fill caches and start threads
       GenerationRequest req;
       req.prompt = random_prompt(r < o.warmup ? wn : n, rng, vocab);
@@ -311,7 +312,7 @@ void run_batched(const BenchOptions& o, LoadedModel& m, CsvOut& csv) {
     for (int r = 0; r < o.warmup; ++r)
       run_batch(engine, wn, B, std::min<int64_t>(steps, 4), max_tokens_for(wn), rng);
     std::vector<double> prefill, decode;
-    DecodeTimer timer(*m.backend);
+    DecodeTimer timer(*m.backend, o.cuda_profile);
     for (int r = 0; r < o.repeats; ++r) {
       const Measurement res = run_batch(engine, n, B, steps, max_tokens_for(n), rng, &timer);
       prefill.push_back(static_cast<double>(n * B) / res.prefill_seconds);
@@ -354,6 +355,9 @@ void add_bench_command(CLI::App& app) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--prefill-chunk", o->prefill_chunk, "prompt tokens per forward pass")->check(CLI::PositiveNumber);
   cmd->add_flag("--json", o->json, "one JSON object per line instead of a table");
+  cmd->add_flag("--cuda-profile", o->cuda_profile,
+                "with --device cuda: run each decode step between cudaProfilerStart and cudaProfilerStop, so that "
+                "`ncu --profile-from-start off` sees only the decode steps");
   cmd->add_option("--csv", o->csv, "also append rows system,case,context,batch,value,unit to this file");
   add_bench_serve_command(*cmd);
   cmd->callback([o, cmd] {

@@ -21,9 +21,11 @@ DecodeBreakdown totals(Backend& backend) {
 
 }  // namespace
 
-DecodeTimer::DecodeTimer(Backend& backend) : backend_(backend), cuda_(backend.device() == Device::Cuda) {
+DecodeTimer::DecodeTimer(Backend& backend, bool profile) : backend_(backend), cuda_(backend.device() == Device::Cuda) {
 #ifdef LSERVE_HAVE_CUDA
-  if (cuda_) enable_cuda_step_timing(backend_);
+  if (cuda_) enable_cuda_step_timing(backend_, profile);
+#else
+  (void)profile;
 #endif
 }
 

@@ -21,7 +21,8 @@ struct DecodeBreakdown {  // per decode step, in milliseconds
 
 class DecodeTimer {
  public:
-  explicit DecodeTimer(Backend& backend);
+  // profile: each timed step also inside cudaProfilerStart/Stop (for ncu --profile-from-start off).
+  explicit DecodeTimer(Backend& backend, bool profile = false);
   void start();  // before timed decode steps
   void stop();   // after them; several start/stop spans add up
   // The spans' steps, averaged; nothing on a backend without step statistics or no steps.

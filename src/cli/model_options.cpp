@@ -31,6 +31,8 @@ void add_model_options(CLI::App* cmd, ModelOptions& o) {
                "with --device cuda: launch every kernel from the host instead of replaying decode steps as CUDA graphs");
   cmd->add_flag("--no-dependent-launch", o.no_dependent_launch,
                 "with --device cuda: start no kernel before the one before it has finished (for comparison)");
+  cmd->add_flag("--unfused-kv-append", o.unfused_kv_append,
+                "with --device cuda: RoPE, the KV append and the key summaries as three kernels, not one (for comparison)");
   cmd->add_option("--threads,-t", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-context", o.max_context, "longest sequence served (default: the model's max_position_embeddings)")
       ->check(CLI::NonNegativeNumber);
@@ -158,6 +160,7 @@ LoadedModel load_model(const ModelOptions& o) {
     CudaBackendOptions cuda;
     cuda.graphs = !o.no_cuda_graphs;
     cuda.dependent_launch = !o.no_dependent_launch;
+    cuda.fused_rope_kv_append = !o.unfused_kv_append;
     m.backend = make_cuda_backend(cuda);
 #else
     fail("--device cuda: this lserve was built without the CUDA backend (configure with -DLSERVE_CUDA=ON)");

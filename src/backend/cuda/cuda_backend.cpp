@@ -2,6 +2,7 @@
 // checks, the per-step device copy of the batch, the attention plan, and kernel launches.
 #include "backend/cuda/cuda_backend.h"
 
+#include <cuda_profiler_api.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -566,12 +567,16 @@ class CudaBackend final : public Backend {
     const auto finish = std::chrono::steady_clock::now();
     store_fresh_selections(batch);
     if (step_cache_ && step_num_heads_ > 0) count_kv_reads(batch, *step_cache_);
+    if (timer_.active && profile_steps_) LSERVE_CUDA_CHECK(cudaProfilerStop());
     timer_.finish(finish, step_stats_);
   }
 
   cudaStream_t stream() const { return stream_; }
   CudaStepStats step_stats() const { return step_stats_; }
-  void enable_step_timing() { time_steps_ = true; }
+  void enable_step_timing(bool profile) {
+    time_steps_ = true;
+    profile_steps_ = profile;
+  }
 
  private:
   // Times one decode-only step (CudaStepStats): host clocks around the planning and the
@@ -632,6 +637,7 @@ class CudaBackend final : public Backend {
         LSERVE_CUDA_CHECK(cudaEventCreate(e));
     timer_.start = StepTimer::Clock::now();
     timer_.select_plan = {};
+    if (profile_steps_) LSERVE_CUDA_CHECK(cudaProfilerStart());
     LSERVE_CUDA_CHECK(cudaEventRecord(timer_.begin, stream_));
     timer_.active = true;
   }
@@ -1044,7 +1050,8 @@ class CudaBackend final : public Backend {
   bool capturing_ = false;
   CudaStepStats step_stats_;
   StepTimer timer_;
-  bool time_steps_ = false;  // enable_cuda_step_timing
+  bool time_steps_ = false;     // enable_cuda_step_timing
+  bool profile_steps_ = false;  // and each timed step inside cudaProfilerStart/Stop
 
   // ---- page selection of the step ----
   // Device block: the jobs, the sequences' slots, then per layer, slot and KV head a list's
@@ -1101,10 +1108,10 @@ CudaStepStats cuda_step_stats(Backend& backend) {
   return cuda->step_stats();
 }
 
-void enable_cuda_step_timing(Backend& backend) {
+void enable_cuda_step_timing(Backend& backend, bool profile) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   LSERVE_CHECK(cuda != nullptr, "{} is not a CUDA backend", backend.name());
-  cuda->enable_step_timing();
+  cuda->enable_step_timing(profile);
 }
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options) {

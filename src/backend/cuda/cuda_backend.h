@@ -60,8 +60,10 @@ struct CudaStepStats {
 };
 CudaStepStats cuda_step_stats(Backend& backend);
 // Turns the timing of decode-only steps on (off by default: three event records and two clock
-// reads a step that serving does not need). Fails for any other backend.
-void enable_cuda_step_timing(Backend& backend);
+// reads a step that serving does not need). Fails for any other backend. With profile, each timed
+// step also runs between cudaProfilerStart and cudaProfilerStop, so that a profiler started with
+// its collection off (ncu --profile-from-start off) sees the decode steps only.
+void enable_cuda_step_timing(Backend& backend, bool profile = false);
 
 // Number of CUDA devices usable here (0 when there is no driver or no GPU); never throws.
 int cuda_device_count();
