@@ -79,16 +79,29 @@ __device__ void merge_splits(const AttentionParams& p, const MergeItem m, const 
       out[0] = out[1] = out[2] = out[3] = __float2bfloat16_rn(0.0f);
       continue;
     }
+    // In batches of kBatch splits whose loads are all issued before any is used: a loop that
+    // loaded a split's output only once its weight was known waited on L2 twice per split.
+    // An unused split's output is loaded too (it is allocated, just stale) and then ignored.
+    constexpr int kBatch = 8;
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float wsum = 0.0f;
     const float* po = partial_o + (int64_t{m.first_partial} * H + head) * D + lane * 4;
-#pragma unroll 8
-    for (int32_t s = 0; s < m.num_splits; ++s) {
-      const float w = exp2f(__ldcg(lse + int64_t{s} * H) - mx);
-      if (w == 0.0f) continue;
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(po + int64_t{s} * H * D));
-      acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
-      wsum += w;
+    for (int32_t s0 = 0; s0 < m.num_splits; s0 += kBatch) {
+      float ls[kBatch];
+      float4 v[kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int32_t s = min(s0 + b, m.num_splits - 1);
+        ls[b] = s0 + b < m.num_splits ? __ldcg(lse + int64_t{s} * H) : -INFINITY;
+        v[b] = __ldcg(reinterpret_cast<const float4*>(po + int64_t{s} * H * D));
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {  // in split order, as one split at a time would sum
+        const float w = exp2f(ls[b] - mx);
+        if (w == 0.0f) continue;
+        acc.x += w * v[b].x, acc.y += w * v[b].y, acc.z += w * v[b].z, acc.w += w * v[b].w;
+        wsum += w;
+      }
     }
     out[0] = __float2bfloat16_rn(acc.x / wsum);
     out[1] = __float2bfloat16_rn(acc.y / wsum);

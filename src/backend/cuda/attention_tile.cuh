@@ -187,18 +187,31 @@ struct PageListTiles {
 // end are zero-filled, so masked keys never bring NaN from unwritten slots into P.V). Each key's
 // page comes from the head's page table; one 16-byte cp.async per thread and step, threads of a
 // row adjacent so a row is one coalesced 2*head_dim-byte read.
+// A row's pool offset (a page-table load and a division by the page size) is computed once, by
+// one of the row's threads, and shuffled to the others: computed by every thread for every
+// chunk, the address arithmetic was a third of a decode block's instructions (ncu), on the path
+// before its loads start.
 template <int D, int kKeys, int kThreads>
 __device__ inline void load_kv_tile(bf16* sk, bf16* sv, const AttentionParams& p, const HeadKv& hv, int32_t key_begin,
                                     int32_t key_end) {
   constexpr int kChunks = D / 8, kStride = D + 8;
+  constexpr int kRowsPerPass = kThreads / kChunks, kPasses = kKeys / kRowsPerPass;
+  static_assert(kThreads % 32 == 0 && 32 % kChunks == 0, "a row's threads are lanes of one warp");
+  static_assert(kKeys % kRowsPerPass == 0 && kPasses <= kChunks, "each of a row's threads computes one pass's row");
+  const int ch = threadIdx.x % kChunks, row0 = threadIdx.x / kChunks, first_lane = threadIdx.x % 32 - ch;
+  int64_t mine = -1;  // the offset of row row0 + ch * kRowsPerPass, or -1 past the end
+  if (ch < kPasses) {
+    const int32_t key = key_begin + row0 + ch * kRowsPerPass;
+    if (key < key_end) mine = hv.row(key, p.page_size) * D;
+  }
 #pragma unroll
-  for (int c = threadIdx.x; c < kKeys * kChunks; c += kThreads) {
-    const int row = c / kChunks, ch = c % kChunks;
-    const int32_t key = key_begin + row;
-    const bool valid = key < key_end;
-    const int64_t off = valid ? hv.row(key, p.page_size) * D + ch * 8 : 0;
-    cp_async_16(sk + row * kStride + ch * 8, hv.k + off, valid);
-    cp_async_16(sv + row * kStride + ch * 8, hv.v + off, valid);
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const int row = row0 + pass * kRowsPerPass;
+    const long long off = __shfl_sync(0xffffffffu, static_cast<long long>(mine), first_lane + pass);
+    const bool valid = off >= 0;
+    const int64_t at = valid ? off + ch * 8 : 0;
+    cp_async_16(sk + row * kStride + ch * 8, hv.k + at, valid);
+    cp_async_16(sv + row * kStride + ch * 8, hv.v + at, valid);
   }
 }
 

@@ -22,6 +22,7 @@
 #include <climits>
 #include <cmath>
 
+#include "backend/cuda/attention_tile.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/dependent_launch.cuh"
 #include "backend/cuda/page_select.h"
@@ -153,14 +154,17 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const SelectParams
       row_base[r] = ((int64_t{p.page_indices[j.pages_begin + page0 + r / per_page]} * p.pool_heads + j.pool_index) *
                          per_page + r % per_page) * D;
     __syncthreads();
-    // Stage the chunk's rows in 16-byte loads (a row of D channels is contiguous in the pool;
-    // D is a multiple of 8).
+    // Stage the chunk's rows in 16-byte asynchronous copies (a row of D channels is contiguous
+    // in the pool; D is a multiple of 8), all in flight at once rather than a load and a store
+    // in turn.
     const int vecs = D / 8;
     for (int e = threadIdx.x; e < rows * vecs; e += kScoreThreads) {
       const int r = e / vecs, v = e % vecs;
-      *reinterpret_cast<uint4*>(kmin + r * stride + v * 8) = *reinterpret_cast<const uint4*>(p.key_min + row_base[r] + v * 8);
-      *reinterpret_cast<uint4*>(kmax + r * stride + v * 8) = *reinterpret_cast<const uint4*>(p.key_max + row_base[r] + v * 8);
+      tile::cp_async_16(kmin + r * stride + v * 8, p.key_min + row_base[r] + v * 8, true);
+      tile::cp_async_16(kmax + r * stride + v * 8, p.key_max + row_base[r] + v * 8, true);
     }
+    tile::cp_async_commit();
+    tile::cp_async_wait<0>();
     __syncthreads();
     // Each (row, head): the Quest bound over the channels in order, as the host sums it, s +=
     // max(q kmax, q kmin). Here s = fma(q_neg, kmin, fma(q_pos, kmax, s)): the same sum bit for
@@ -205,18 +209,24 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const SelectParams
       row_score[(pi * per_page) * G + h] = best;  // the page's first row now holds the pooled score
     }
     __syncthreads();
-    // Per head: the chunk's max and its softmax sum relative to it (the mass kernel rescales
-    // each chunk's sum to the head's max). A page's first row scores >= its first token.
-    if (threadIdx.x < G) {
-      const int h = threadIdx.x;
+    // Per head, a warp: the chunk's max and its softmax sum relative to it (the mass kernel
+    // rescales each chunk's sum to the head's max), the lanes taking the pages in turn and
+    // summing by a fixed tree. (One thread per head walking the pages serialized a double exp
+    // per page.) A page's first row scores >= its first token.
+    for (int h = threadIdx.x / 32; h < G; h += kScoreThreads / 32) {
+      const int lane = threadIdx.x % 32;
       float best = -INFINITY;
-      for (int pi = 0; pi < pages; ++pi) best = fmaxf(best, row_score[(pi * per_page) * G + h]);
+      for (int pi = lane; pi < pages; pi += 32) best = fmaxf(best, row_score[(pi * per_page) * G + h]);
+      for (int o = 16; o > 0; o /= 2) best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, o));
       const double top = static_cast<double>(best) * p.scale;
       double sum = 0.0;
-      for (int pi = 0; pi < pages; ++pi)
+      for (int pi = lane; pi < pages; pi += 32)
         sum += exp(static_cast<double>(row_score[(pi * per_page) * G + h]) * p.scale - top);
-      chunk_max[h * lay.score_chunks + c] = best;
-      chunk_sum[h * lay.score_chunks + c] = sum;
+      for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      if (lane == 0) {
+        chunk_max[h * lay.score_chunks + c] = best;
+        chunk_sum[h * lay.score_chunks + c] = sum;
+      }
     }
     __syncthreads();
   }
