@@ -38,6 +38,7 @@ constexpr int kMergeMaxCandidates = kMassThreads / 2;  // k of the merge path, a
 constexpr int kMaxMassBlocks = 64;                   // mass blocks per job, at most
 constexpr int kMergeShared = 2048;  // lists the last block merges in shared memory (chunks x k)
 constexpr int kSortShared = 2048;   // candidates the radix path sorts in shared memory; more: scratch
+static_assert(kMaxHeads <= kMassThreads / 32, "head_stats gives every head a warp of the mass block at least");
 static_assert(kMergeShared <= kSortShared, "the merge's lists live in the radix path's sort arrays");
 
 __host__ __device__ inline size_t align16(size_t b) { return (b + 15) / 16 * 16; }
@@ -238,6 +239,8 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const SelectParams
 // candidates), and the radix select's histogram and scan.
 struct MassShared {
   double mx[kMaxHeads], total[kMaxHeads];
+  float warp_max[kMassThreads / 32];  // head_stats' partial maxima and sums, a warp each
+  double warp_sum[kMassThreads / 32];
   double chunk_mass[kMassThreads];  // exchange for the sort's long strides; then the merged top k
   int32_t chunk_index[kMassThreads];
   double list_mass[kSortShared];
@@ -250,24 +253,38 @@ struct MassShared {
 
 // Each head's max of scale * score into mx[h], as the host takes it (scale > 0: the max score,
 // scaled), and its softmax denominator: every chunk's sum rescaled from its own max (in chunk
-// order within each lane, then a fixed tree). A warp per head.
+// order within each lane, then a fixed tree over the lanes and the head's warps). The block's
+// warps are shared out among the heads (one warp per head left most of the block waiting on a
+// chain of double exps, a quarter of the kernel's time in ncu).
 __device__ inline void head_stats(const SelectParams& p, const Layout& lay, const unsigned char* base, int G,
-                                  double* mx, double* total) {
-  const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  const float* chunk_max = reinterpret_cast<const float*>(base + lay.chunk_max);
-  const double* chunk_sum = reinterpret_cast<const double*>(base + lay.chunk_sum);
-  for (int h = threadIdx.x / 32; h < G; h += warps) {
-    const float* cm = chunk_max + h * lay.score_chunks;
-    const double* cs = chunk_sum + h * lay.score_chunks;
-    float best = -INFINITY;
-    for (int32_t c = lane; c < lay.score_chunks; c += 32) best = fmaxf(best, cm[c]);
-    for (int o = 16; o > 0; o /= 2) best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, o));
-    const double top = static_cast<double>(best) * p.scale;
-    double t = 0.0;
-    for (int32_t c = lane; c < lay.score_chunks; c += 32)
-      t += cs[c] * exp(static_cast<double>(cm[c]) * p.scale - top);
-    for (int o = 16; o > 0; o /= 2) t += __shfl_xor_sync(0xffffffffu, t, o);
-    if (lane == 0) mx[h] = top, total[h] = t;
+                                  double* mx, double* total, float* warp_max, double* warp_sum) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int per_head = max(1, warps / G), h = warp / per_head, part = warp % per_head;
+  const bool working = h < G;
+  const float* cm = reinterpret_cast<const float*>(base + lay.chunk_max) + (working ? h : 0) * lay.score_chunks;
+  const double* cs = reinterpret_cast<const double*>(base + lay.chunk_sum) + (working ? h : 0) * lay.score_chunks;
+  const int32_t first = part * 32 + lane, stride = per_head * 32;
+  float best = -INFINITY;
+  if (working)
+    for (int32_t c = first; c < lay.score_chunks; c += stride) best = fmaxf(best, cm[c]);
+  for (int o = 16; o > 0; o /= 2) best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, o));
+  if (lane == 0) warp_max[warp] = best;
+  __syncthreads();
+  if (working) {
+    best = -INFINITY;
+    for (int w = 0; w < per_head; ++w) best = fmaxf(best, warp_max[h * per_head + w]);
+  }
+  const double top = static_cast<double>(best) * p.scale;
+  double t = 0.0;
+  if (working)
+    for (int32_t c = first; c < lay.score_chunks; c += stride) t += cs[c] * exp(static_cast<double>(cm[c]) * p.scale - top);
+  for (int o = 16; o > 0; o /= 2) t += __shfl_xor_sync(0xffffffffu, t, o);
+  if (lane == 0) warp_sum[warp] = t;
+  __syncthreads();
+  if (working && part == 0 && lane == 0) {
+    double sum = 0.0;
+    for (int w = 0; w < per_head; ++w) sum += warp_sum[h * per_head + w];
+    mx[h] = top, total[h] = sum;
   }
   __syncthreads();
 }
@@ -463,7 +480,7 @@ __global__ void __launch_bounds__(kMassThreads) mass_kernel(const SelectParams p
   double* lists_mass = reinterpret_cast<double*>(base + lay.lists_mass);
   int32_t* lists_index = reinterpret_cast<int32_t*>(base + lay.lists_index);
   const int32_t k = lay.candidates;
-  head_stats(p, lay, base, G, sh.mx, sh.total);
+  head_stats(p, lay, base, G, sh.mx, sh.total, sh.warp_max, sh.warp_sum);
 
   for (int32_t c = blockIdx.y; c < lay.mass_chunks; c += gridDim.y) {
     const int32_t i = c * kMassThreads + threadIdx.x;
