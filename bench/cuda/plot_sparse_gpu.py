@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """LServe's sparse attention on the GPU against dense and the peers, as one PNG.
 
-    python3 bench/cuda/plot_sparse_gpu.py ATTENTION_TIMING.txt PEERS.csv OUT.png
+    python3 bench/cuda/plot_sparse_gpu.py ATTENTION_TIMING.txt[,MORE.txt...] PEERS.csv OUT.png
 
-ATTENTION_TIMING.txt is what bench/cuda/attention_timing prints, PEERS.csv what
+ATTENTION_TIMING.txt is what bench/cuda/attention_timing prints (several, comma-separated: a
+later file's rows replace an earlier one's of the same case and length, e.g. a full run and a
+newer run of one section), PEERS.csv what
 bench/cuda/peer_attention.py writes, on the same GPU. Panels: prefill time against the prompt
 length (one Llama-3-8B layer), decode time per layer at batch 1 against the context, and the
 KV memory a sequence holds against its context (computed from the cache layout of
@@ -21,22 +23,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 K = 1024
 
 
-def read_timing(path):
-    dense_prefill, stream_prefill, dense_decode, lserve_decode = [], {}, [], []
-    for line in open(path):
-        m = re.match(r"prefill (\d+)K \(one pass, causal\)\s+64\s+([\d.]+)", line)
-        if m:
-            dense_prefill.append((int(m[1]) * K, float(m[2])))
-        m = re.match(r"prefill\s+(\d+)K, (LServe|DuoAttention)\S* .*?\s([\d.]+) ms", line)
-        if m:
-            stream_prefill.setdefault(m[2], []).append((int(m[1]) * K, float(m[3])))
-        m = re.match(r"decode (\d+)K x1\s+64\s+([\d.]+)", line)
-        if m:
-            dense_decode.append((int(m[1]) * K, float(m[2])))
-        m = re.match(r"decode\s+(\d+)K x1, shared\s*:.*per step\s+([\d.]+) ms", line)
-        if m:
-            lserve_decode.append((int(m[1]) * K, float(m[2])))
-    return dense_prefill, stream_prefill, dense_decode, lserve_decode
+def read_timing(paths):
+    """Dicts {context: ms} of dense prefill, {window: {context: ms}} of streaming prefill, and
+    dense and LServe decode at batch 1; a later file's rows replace an earlier one's."""
+    dense_prefill, stream_prefill, dense_decode, lserve_decode = {}, {}, {}, {}
+    for path in paths:
+        for line in open(path):
+            m = re.match(r"prefill (\d+)K \(one pass, causal\)\s+64\s+([\d.]+)", line)
+            if m:
+                dense_prefill[int(m[1]) * K] = float(m[2])
+            m = re.match(r"prefill\s+(\d+)K, (LServe|DuoAttention)\S* .*?\s([\d.]+) ms", line)
+            if m:
+                stream_prefill.setdefault(m[2], {})[int(m[1]) * K] = float(m[3])
+            m = re.match(r"decode (\d+)K x1\s+64\s+([\d.]+)", line)
+            if m:
+                dense_decode[int(m[1]) * K] = float(m[2])
+            m = re.match(r"decode\s+(\d+)K x1, shared\s*:.*per step\s+([\d.]+) ms", line)
+            if m:
+                lserve_decode[int(m[1]) * K] = float(m[2])
+    return ([*dense_prefill.items()], {w: [*pts.items()] for w, pts in stream_prefill.items()},
+            [*dense_decode.items()], [*lserve_decode.items()])
 
 
 def read_peers(path):
@@ -67,7 +73,7 @@ def kv_bytes(n, lserve):
 def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__)
-    dp, sp, dd, ld = read_timing(sys.argv[1])
+    dp, sp, dd, ld = read_timing(sys.argv[1].split(","))
     pp, pd = read_peers(sys.argv[2])
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(17, 4.8))
     if dp:
