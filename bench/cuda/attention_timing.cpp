@@ -7,7 +7,7 @@
 // windows, and decode), and LServe's decode with the GPU page selector against dense decode.
 // Prints one line per case; numbers are medians of timed repeats after a warm-up.
 //
-//   cuda_attention_timing [dense] [streaming] [lserve] [profile] [list-keys=N] [batch=N] [no-dependent-launch]
+//   cuda_attention_timing [dense] [streaming] [lserve] [profile] [list-keys=N] [batch=N] [dependent-launch]
 //   (the sections to run, default all; list-keys and batch: see run())
 #include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
@@ -37,7 +37,7 @@ constexpr int64_t kHeads = 32, kKvHeads = 8, kHeadDim = 128;
 // cudaProfilerStart and Stop, so that `ncu --profile-from-start off` sees exactly one step.
 bool g_profile_once = false;
 int32_t g_list_keys = 0;  // list-keys=N: keys per split of a page list (CudaBackendOptions)
-bool g_dependent_launch = true;  // no-dependent-launch: ordinary launches
+bool g_dependent_launch = false;  // dependent-launch: programmatic dependent launch
 
 using bench::copy_bandwidth;
 using bench::median;
@@ -245,13 +245,13 @@ SelectedTiming time_selected_decode(int32_t n, int32_t batch_size, SelectionGran
 
 // sections: any of "dense", "streaming", "lserve" (empty: all); "profile" runs one LServe case alone.
 // Options among them: list-keys=N (LServe's page-list splits), batch=N (LServe's batch sizes: 1, 8
-// or both), no-dependent-launch (ordinary launches: dependent_launch.cuh).
+// or both), dependent-launch (programmatic dependent launch: dependent_launch.cuh).
 int run(std::vector<std::string> sections) {
   int32_t only_batch = 0;
   std::erase_if(sections, [&](const std::string& a) {
     if (a.rfind("list-keys=", 0) == 0) return g_list_keys = std::stoi(a.substr(10)), true;
     if (a.rfind("batch=", 0) == 0) return only_batch = std::stoi(a.substr(6)), true;
-    if (a == "no-dependent-launch") return g_dependent_launch = false, true;
+    if (a == "dependent-launch") return g_dependent_launch = true, true;
     return false;
   });
   auto want_only = [&](const char* name) { return std::find(sections.begin(), sections.end(), name) != sections.end(); };
@@ -263,7 +263,7 @@ int run(std::vector<std::string> sections) {
   CudaBackendOptions options;
   options.dependent_launch = g_dependent_launch;
   auto gpu = make_cuda_backend(options);
-  std::printf("%s%s\n", gpu->name().c_str(), g_dependent_launch ? "" : ", ordinary launches");
+  std::printf("%s%s\n", gpu->name().c_str(), g_dependent_launch ? ", programmatic dependent launch" : "");
   const double bw = copy_bandwidth();
   std::printf("copy bandwidth (device to device, read + write): %.0f GB/s\n\n", bw);
   const std::vector<Case> cases = {

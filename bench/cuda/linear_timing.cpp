@@ -7,7 +7,7 @@
 // Every timed call cycles over enough copies of its weights (at least 512 MiB) that none is
 // still in L2 when it comes round again; times are medians of timed repeats.
 //
-//   cuda_linear_timing [no-dependent-launch]   (the option: ordinary launches, for comparison)
+//   cuda_linear_timing [dependent-launch]   (the option: programmatic dependent launch, for comparison)
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -81,7 +81,7 @@ int run(bool dependent_launch) {
   cublas_only.dependent_launch = ours.dependent_launch = dependent_launch;
   auto cublas = make_cuda_backend(cublas_only);
   auto skinny = make_cuda_backend(ours);
-  if (!dependent_launch) std::printf("ordinary launches (no programmatic dependent launch)\n");
+  if (dependent_launch) std::printf("programmatic dependent launch\n");
   std::printf("%s\n", skinny->name().c_str());
   const double bw = copy_bandwidth();
   std::printf("copy bandwidth (device to device, read + write): %.0f GB/s\n\n", bw);
@@ -145,7 +145,7 @@ int run(bool dependent_launch) {
 
 int main(int argc, char** argv) {
   try {
-    return lserve::run(!(argc > 1 && std::string(argv[1]) == "no-dependent-launch"));
+    return lserve::run(argc > 1 && std::string(argv[1]) == "dependent-launch");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "cuda_linear_timing: %s\n", e.what());
     return 1;

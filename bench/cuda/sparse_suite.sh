@@ -72,7 +72,7 @@ if want dependent-launch; then
   echo "== dependent launch on and off ($(elapsed))"
   for mode in on off; do
     flag=() tool_flag=()
-    [ "$mode" = off ] && flag=(--no-dependent-launch) tool_flag=(no-dependent-launch)
+    [ "$mode" = on ] && flag=(--dependent-launch) tool_flag=(dependent-launch)
     build-gpu/bench/cuda/cuda_attention_timing lserve batch=1 "${tool_flag[@]}" 2>&1 |
       tee "$out/dependent_launch_$mode.txt" || status=1
     build-gpu/bench/cuda/cuda_linear_timing "${tool_flag[@]}" 2>&1 | tee -a "$out/dependent_launch_$mode.txt" || status=1

@@ -29,8 +29,9 @@ void add_model_options(CLI::App* cmd, ModelOptions& o) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_flag("--no-cuda-graphs", o.no_cuda_graphs,
                "with --device cuda: launch every kernel from the host instead of replaying decode steps as CUDA graphs");
-  cmd->add_flag("--no-dependent-launch", o.no_dependent_launch,
-                "with --device cuda: start no kernel before the one before it has finished (for comparison)");
+  cmd->add_flag("--dependent-launch", o.dependent_launch,
+                "with --device cuda: let the decode path's kernels start while the one before them drains "
+                "(programmatic dependent launch; off by default: slower end to end where measured)");
   cmd->add_flag("--unfused-kv-append", o.unfused_kv_append,
                 "with --device cuda: RoPE, the KV append and the key summaries as three kernels, not one (for comparison)");
   cmd->add_option("--threads,-t", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
@@ -159,7 +160,7 @@ LoadedModel load_model(const ModelOptions& o) {
 #ifdef LSERVE_HAVE_CUDA
     CudaBackendOptions cuda;
     cuda.graphs = !o.no_cuda_graphs;
-    cuda.dependent_launch = !o.no_dependent_launch;
+    cuda.dependent_launch = o.dependent_launch;
     cuda.fused_rope_kv_append = !o.unfused_kv_append;
     m.backend = make_cuda_backend(cuda);
 #else

@@ -24,7 +24,7 @@ struct ModelOptions {
   std::string load_format = "auto";  // auto | dummy
   std::string device = "cpu";        // cpu | cuda
   bool no_cuda_graphs = false;       // cuda: every launch from the host (debugging, comparison)
-  bool no_dependent_launch = false;  // cuda: no kernel starts before the one before it ends
+  bool dependent_launch = false;     // cuda: kernels may start while the one before them drains
   bool unfused_kv_append = false;    // cuda: RoPE, KV append and key summaries as three kernels
   int threads = 0;                   // 0: all cores
   int64_t max_context = 0;           // 0: the model's max_position_embeddings

@@ -30,9 +30,10 @@ struct CudaBackendOptions {
   // keys: more, shorter blocks and a longer merge.
   int32_t decode_list_keys = 0;
   // Programmatic dependent launch of the decode path's kernels (dependent_launch.cuh): each may
-  // start while the one before it drains. Off: ordinary launches, for comparison. Process-wide:
-  // the last backend made sets it.
-  bool dependent_launch = true;
+  // start while the one before it drains. Off by default: end to end at 256K on an H200 it made
+  // the decode step slower, LServe's 5.33 -> 5.54 ms and dense's 13.19 -> 13.44 ms (one run
+  // each way), although the linears alone gain from it. Process-wide: the last backend made sets it.
+  bool dependent_launch = false;
   // RoPE, the KV append and the key summaries in one kernel (rope_kv_append.cu); off runs the
   // three kernels (tests compare the two).
   bool fused_rope_kv_append = true;

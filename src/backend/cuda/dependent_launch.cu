@@ -11,7 +11,7 @@ namespace lserve::cuda {
 
 namespace {
 
-std::atomic<bool> g_dependent_launch{true};
+std::atomic<bool> g_dependent_launch{false};
 
 __global__ void probe_kernel() {}  // built with the same architectures as every kernel
 

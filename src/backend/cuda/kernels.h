@@ -15,7 +15,7 @@ namespace lserve::cuda {
 
 using bf16 = __nv_bfloat16;
 
-// Programmatic dependent launch of the decode path's kernels (dependent_launch.cuh), on by
+// Programmatic dependent launch of the decode path's kernels (dependent_launch.cuh), off by
 // default; process-wide (CudaBackendOptions::dependent_launch sets it).
 void set_dependent_launch(bool on);
 
