@@ -130,5 +130,23 @@ TEST(KvCache, RefusesAMemoryBudgetBelowOnePage) {
   EXPECT_THROW(KvCache(test::tiny_kv_config(), o, *backend), Error);
 }
 
+// A cache larger than the address space: a clear error that names the KV cache and its size.
+TEST(KvCache, SaysWhichPoolDidNotFit) {
+  auto backend = make_cpu_backend(1);
+  const ModelConfig c = test::tiny_kv_config();
+  KvCacheOptions o;
+  o.page_size = int64_t{1} << 20;
+  o.memory_bytes = KvCache::bytes_per_page(c, o.page_size, DType::F32) << 20;  // 2^20 pages: 256 TiB
+  try {
+    KvCache cache(c, o, *backend);
+    FAIL() << "a 256 TiB KV cache was allocated";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("the KV cache's retrieval pool (1048576 pages of 1048576 tokens, 262144.0 GiB) does not fit"),
+              std::string::npos)
+        << what;
+  }
+}
+
 }  // namespace
 }  // namespace lserve

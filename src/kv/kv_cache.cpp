@@ -89,13 +89,21 @@ size_t KvCache::layer_bytes_per_page(const Pool& p, int64_t layer) const {
 }
 
 void KvCache::init_pool(Pool& p, int64_t num_pages, Backend& backend) {
-  p.allocator = BlockAllocator(static_cast<int32_t>(num_pages));
   size_t offset = 0;
   for (int64_t l = 0; l < num_layers_; ++l) {
     p.layer_offset.push_back(offset);
     offset += layer_bytes_per_page(p, l) * static_cast<size_t>(num_pages);
   }
-  if (offset > 0) p.storage = backend.allocate(offset);
+  if (offset > 0) {
+    try {
+      p.storage = backend.allocate(offset);
+    } catch (const Error& e) {  // name what did not fit, and how big it was
+      fail("the KV cache's {} pool ({} pages of {} tokens, {:.1f} GiB) does not fit: {}",
+           p.kind == HeadKind::Retrieval ? "retrieval" : "streaming", num_pages, page_size_,
+           static_cast<double>(offset) / static_cast<double>(1ull << 30), e.what());
+    }
+  }
+  p.allocator = BlockAllocator(static_cast<int32_t>(num_pages));
 }
 
 int64_t KvCache::heads_in_pool(HeadKind kind, int64_t layer) const { return pool(kind).heads[static_cast<size_t>(layer)]; }
