@@ -6,10 +6,12 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -90,6 +92,17 @@ class Backend {
   // dst (on the device) <- host bytes; src (on the device) -> host bytes.
   virtual void upload(Tensor dst, const void* host_src) = 0;
   virtual void download(const Tensor& src, void* host_dst) = 0;
+  // A download that does not wait: queue_download copies src (at most kMaxQueuedDownloadBytes)
+  // behind the work queued so far, and finish_download waits for that copy alone and writes its
+  // bytes to host_dst; later work may overwrite src meanwhile. Tickets finish in the order they
+  // were queued, and at most kMaxQueuedDownloads are open at once. The default copies at once.
+  static constexpr size_t kMaxQueuedDownloadBytes = size_t{64} << 10;
+  static constexpr size_t kMaxQueuedDownloads = 4;
+  virtual uint64_t queue_download(const Tensor& src);
+  virtual void finish_download(uint64_t ticket, void* host_dst);
+  // dst <- src, both on the device, behind the work queued so far and outside a recorded step
+  // (a decode step's token ids from the tokens the step before it drew). The default: memcpy.
+  virtual void copy(const Tensor& src, Tensor dst);
   // A weight as read from the file (host memory, any float dtype) in the backend's layout.
   // May return a view of the source without copying when the layout already fits, so the
   // source must outlive the returned tensor; `keep` receives any memory allocated for it.
@@ -105,8 +118,18 @@ class Backend {
   }
 
   // After a step's last op and its results' download: a backend that kept step state on its
-  // device (page selections made there) writes it back to the batch's sequences.
+  // device (page selections made there) writes it back to the batch's sequences, and a backend
+  // that counts the KV each sequence read at the end of a step (SequenceKv::kv_tokens_read)
+  // adds that step's counts.
+  //
+  // Steps may overlap: the next step may begin (begin_step, its uploads, run_step) before the
+  // last one has ended, while can_begin_before_end() says so, so that the host plans a decode
+  // step while the device runs the one before. Steps end in the order they began.
   virtual void end_step(const AttentionBatch& batch) { (void)batch; }
+  // Whether a step may begin now, before the step begun last has ended: false while that
+  // step's results feed the next one's plan (page selections the device makes are read back by
+  // end_step, and the steps after it plan their reuse from them). The default never overlaps.
+  virtual bool can_begin_before_end() const { return false; }
 
   // Runs `ops`, the launches of one step between begin_step and its last op. A backend that can
   // record launches (CUDA graphs) records them the first time it sees `key` when `recordable`,
@@ -187,6 +210,19 @@ class Backend {
                          float scale, Tensor out) = 0;
   // Waits for queued work (no-op on the CPU).
   virtual void synchronize() = 0;
+
+ protected:
+  // Checks a queue_download and hands out its ticket; the ticket finish_download may take next.
+  uint64_t open_download(const Tensor& src);
+  void close_download(uint64_t ticket);
+
+ private:
+  struct QueuedDownload {
+    uint64_t ticket;
+    std::vector<char> bytes;
+  };
+  std::deque<QueuedDownload> downloads_;  // the default's copies
+  uint64_t next_ticket_ = 1, next_to_finish_ = 1;
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int num_threads);

@@ -223,6 +223,7 @@ void report_breakdown(const DecodeTimer& timer, CsvOut& csv, int64_t n, int64_t 
   csv.row("decode_device_before_kernels", n, B, b->device_before_kernels, "ms");
   csv.row("decode_host_finish", n, B, b->host_finish, "ms");
   csv.row("decode_forward_wall", n, B, b->forward_wall, "ms");
+  csv.row("decode_steps_overlapped", n, B, b->overlapped, "share");
 }
 
 // KV memory of the sequence just run, from the cache's own accounting: what it held at the end
@@ -255,6 +256,7 @@ void run_single(const BenchOptions& o, LoadedModel& m, CsvOut& csv) {
   const int64_t longest = *std::max_element(o.prompt_tokens.begin(), o.prompt_tokens.end());
   auto cache = make_kv_cache(m, o.model, longest + o.decode_tokens, 1, o.prefill_chunk);
   Generator gen(*m.model, *cache, nullptr, o.prefill_chunk, &o.model.sparsity);
+  gen.set_overlap_steps(o.model.overlap_steps);
   spdlog::info("{}", o.model.sparsity.summary());
   std::mt19937 rng(1234);
   const auto vocab = static_cast<int32_t>(m.model->config().vocab_size);

@@ -66,6 +66,7 @@ void run_generate(GenerateOptions& o, const CLI::App& cmd) {
   resolve_auto_policy(o.model, m, static_cast<int64_t>(req.prompt.size()));
   auto cache = make_kv_cache(m, o.model, need, 1, o.prefill_chunk);
   Generator gen(*m.model, *cache, &*m.tokenizer, o.prefill_chunk, &o.model.sparsity);
+  gen.set_overlap_steps(o.model.overlap_steps);
   spdlog::info("{}", o.model.sparsity.summary());
   spdlog::info("prompt: {} tokens; generating up to {} ({})", req.prompt.size(), req.max_tokens,
                req.sampling.greedy() ? "greedy" : fmt::format("temperature {}", req.sampling.temperature));

@@ -1,5 +1,6 @@
 #include "cli/decode_breakdown.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "backend/backend.h"
@@ -14,8 +15,16 @@ namespace {
 #ifdef LSERVE_HAVE_CUDA
 DecodeBreakdown totals(Backend& backend) {
   const CudaStepStats s = cuda_step_stats(backend);
-  return {s.timed_steps,          s.host_plan_s * 1e3,   s.device_before_kernels_s * 1e3, s.device_kernels_s * 1e3,
-          s.host_finish_s * 1e3, s.step_wall_s * 1e3, s.host_select_plan_s * 1e3};
+  DecodeBreakdown b;
+  b.steps = s.timed_steps;
+  b.overlapped = static_cast<double>(s.overlapped);
+  b.host_plan = s.host_plan_s * 1e3;
+  b.device_before_kernels = s.device_before_kernels_s * 1e3;
+  b.device_kernels = s.device_kernels_s * 1e3;
+  b.host_finish = s.host_finish_s * 1e3;
+  b.forward_wall = s.step_wall_s * 1e3;
+  b.host_select_plan = s.host_select_plan_s * 1e3;
+  return b;
 }
 #endif
 
@@ -40,6 +49,7 @@ void DecodeTimer::stop() {
   if (!cuda_) return;
   const DecodeBreakdown end = totals(backend_);
   sum_.steps += end.steps - begin_.steps;
+  sum_.overlapped += end.overlapped - begin_.overlapped;
   sum_.host_plan += end.host_plan - begin_.host_plan;
   sum_.device_before_kernels += end.device_before_kernels - begin_.device_before_kernels;
   sum_.device_kernels += end.device_kernels - begin_.device_kernels;
@@ -52,12 +62,28 @@ void DecodeTimer::stop() {
 std::optional<DecodeBreakdown> DecodeTimer::result() const {
   if (sum_.steps <= 0) return std::nullopt;
   const auto n = static_cast<double>(sum_.steps);
-  return DecodeBreakdown{sum_.steps,          sum_.host_plan / n,   sum_.device_before_kernels / n,
-                         sum_.device_kernels / n, sum_.host_finish / n, sum_.forward_wall / n,
-                         sum_.host_select_plan / n};
+  DecodeBreakdown b = sum_;
+  b.overlapped = std::min(sum_.overlapped / n, 1.0);
+  for (double* v : {&b.host_plan, &b.device_before_kernels, &b.device_kernels, &b.host_finish, &b.forward_wall,
+                    &b.host_select_plan})
+    *v /= n;
+  return b;
 }
 
 void print_decode_breakdown(const DecodeBreakdown& b, double measured_step_ms, int64_t context, int64_t batch) {
+  if (b.overlapped > 0) {
+    // Overlapped steps: the host's work runs beside the device's, so the parts do not add up to
+    // the step; what the device did not spend on the step's uploads and kernels, it idled.
+    std::fprintf(stderr,
+                 "[lserve] decode step at %lld tokens x%lld, %lld steps (%.0f%% begun while the one before ran): "
+                 "%.3f ms measured; device clock: uploads %.3f, kernels %.3f, idle %.3f; host, beside it: planning "
+                 "%.3f (of which page selection %.3f), finish %.3f\n",
+                 static_cast<long long>(context), static_cast<long long>(batch), static_cast<long long>(b.steps),
+                 100 * b.overlapped, measured_step_ms, b.device_before_kernels, b.device_kernels,
+                 measured_step_ms - b.device_before_kernels - b.device_kernels, b.host_plan, b.host_select_plan,
+                 b.host_finish);
+    return;
+  }
   // The forward pass's wall time minus its parts: waiting for the queued work to drain and the
   // download of the sampled tokens.
   const double rest = b.forward_wall - b.host_plan - b.host_finish;

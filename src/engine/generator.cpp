@@ -1,6 +1,7 @@
 #include "engine/generator.h"
 
 #include <chrono>
+#include <deque>
 #include <optional>
 
 #include "engine/batch_plan.h"
@@ -19,6 +20,24 @@ struct SequenceGuard {
   SequenceKv seq;
   ~SequenceGuard() { cache.release(seq); }
 };
+
+// The steps an overlapped decode loop has queued and not collected (their batches, oldest
+// first): collected, their tokens dropped, when the loop ends or is left by an error, so that
+// the model has none queued and every batch outlives its step.
+struct QueuedSteps {
+  LlamaModel& model;
+  std::deque<AttentionBatch>& batches;
+  void collect_all() {
+    int32_t dropped = 0;
+    for (; !batches.empty(); batches.pop_front()) model.collect_sampled(&dropped);
+  }
+  ~QueuedSteps() {
+    try {
+      collect_all();
+    } catch (...) {  // already failing: the first error is the one to report
+    }
+  }
+};
 }  // namespace
 
 Generator::Generator(LlamaModel& model, KvCache& cache, const Tokenizer* tokenizer, int64_t prefill_chunk,
@@ -32,23 +51,30 @@ Generator::Generator(LlamaModel& model, KvCache& cache, const Tokenizer* tokeniz
     fail("the KV cache has streaming heads but the attention policy '{}' uses none", policy_name(sparsity_->policy));
 }
 
-void Generator::step(SequenceKv& seq, std::span<const int32_t> tokens, bool decoding, bool prefill_done,
-                     std::span<const int32_t> logit_rows, float* logits, const DeviceSampling* sampling,
-                     int32_t* sampled) {
-  const auto n = static_cast<int64_t>(tokens.size());
+AttentionBatch Generator::plan(SequenceKv& seq, int64_t n, bool decoding) {
   const int64_t start = seq.num_tokens();
   if (start + n > model_.max_context())
     fail("sequence of {} tokens exceeds the max context of {}", start + n, model_.max_context());
   cache_.reserve(seq, start + n);
   const StepChunk chunk{&seq, start, n, decoding, nullptr};
-  const AttentionBatch batch = plan_step(cache_, std::span<const StepChunk>(&chunk, 1), sparsity_);
-  seq.kv_tokens_read = seq.kv_head_reads = 0;
+  return plan_step(cache_, std::span<const StepChunk>(&chunk, 1), sparsity_);
+}
+
+void Generator::after_step(SequenceKv& seq, bool decoding, bool prefill_done) {
+  if (decoding) ++seq.decode_steps;
+  trim_after_step(cache_, seq, seq.num_tokens(), prefill_done, *sparsity_);  // planned up to here
+}
+
+void Generator::step(SequenceKv& seq, std::span<const int32_t> tokens, bool decoding, bool prefill_done,
+                     std::span<const int32_t> logit_rows, float* logits, const DeviceSampling* sampling,
+                     int32_t* sampled) {
+  const auto n = static_cast<int64_t>(tokens.size());
+  const AttentionBatch batch = plan(seq, n, decoding);
   if (sampling && !logit_rows.empty())
     model_.forward_sampled(tokens, batch, cache_, logit_rows, std::span<const DeviceSampling>(sampling, 1), sampled);
   else
     model_.forward(tokens, batch, cache_, logit_rows, logits);
-  if (decoding) ++seq.decode_steps;
-  trim_after_step(cache_, seq, start + n, prefill_done, *sparsity_);
+  after_step(seq, decoding, prefill_done);
 }
 
 GenerationResult Generator::run(const GenerationRequest& req, const std::function<void(std::string_view)>& on_text) {
@@ -99,7 +125,25 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
          last ? std::span<const int32_t>(&row, 1) : std::span<const int32_t>(), logits.data(), next_draw(0), &drawn);
   }
   result.prefill_seconds = seconds_since(t0);
-  double kv_read_sum = 0;
+
+  // Decode: the step that draws token k takes token k - 1. Overlapped, the step drawing token
+  // k + 1 is queued, fed on the device, before token k is read back (set_overlap_steps).
+  seq.seq.kv_tokens_read = seq.seq.kv_head_reads = 0;
+  int64_t kv_tokens_read = 0, kv_head_reads = 0;  // of the steps whose tokens were taken
+  const bool overlap = overlap_steps_ && on_device;
+  std::deque<AttentionBatch> queued;  // the queued steps' batches, oldest first
+  QueuedSteps drain{model_, queued};  // whatever is left queued is collected on any way out
+  const int32_t row0 = 0;
+  auto queue_decode = [&](const int32_t* host_token, int64_t k) {
+    queued.push_back(plan(seq.seq, 1, true));
+    const DeviceSampling d = device_sampling(req.sampling, static_cast<uint64_t>(k));
+    if (host_token)
+      model_.queue_sampled(std::span<const int32_t>(host_token, 1), queued.back(), cache_,
+                           std::span<const int32_t>(&row0, 1), std::span<const DeviceSampling>(&d, 1));
+    else
+      model_.queue_sampled_after(queued.back(), cache_, std::span<const DeviceSampling>(&d, 1));
+    after_step(seq.seq, true, true);
+  };
 
   const auto t1 = Clock::now();
   bool stopped = false;
@@ -122,13 +166,21 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
       }
     }
     if (i + 1 == req.max_tokens) break;  // the last token needs no forward pass
-    const int32_t row = 0;
-    step(seq.seq, std::span<const int32_t>(&token, 1), true, true, std::span<const int32_t>(&row, 1), logits.data(),
-         next_draw(i + 1), &drawn);
+    if (overlap) {
+      if (queued.empty()) queue_decode(&token, i + 1);  // the step drawing token i + 1
+      if (i + 2 < req.max_tokens && model_.backend().can_begin_before_end()) queue_decode(nullptr, i + 2);
+      model_.collect_sampled(&drawn);
+      queued.pop_front();
+    } else {
+      step(seq.seq, std::span<const int32_t>(&token, 1), true, true, std::span<const int32_t>(&row0, 1),
+           logits.data(), next_draw(i + 1), &drawn);
+    }
     ++result.decode_steps;
-    if (seq.seq.kv_head_reads)
-      kv_read_sum += static_cast<double>(seq.seq.kv_tokens_read) / static_cast<double>(seq.seq.kv_head_reads);
+    // A backend adds a step's KV reads by its end (a step queued after it may be counted too).
+    kv_tokens_read = seq.seq.kv_tokens_read;
+    kv_head_reads = seq.seq.kv_head_reads;
   }
+  drain.collect_all();  // a step queued past a stop: its token is dropped
   if (decoder && !stopped) {
     auto r = stops.push(decoder->flush());
     emit(r.text);
@@ -136,7 +188,8 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
     emit(stops.flush());
   }
   result.decode_seconds = seconds_since(t1);
-  if (result.decode_steps) result.mean_kv_tokens_read = kv_read_sum / static_cast<double>(result.decode_steps);
+  if (kv_head_reads)
+    result.mean_kv_tokens_read = static_cast<double>(kv_tokens_read) / static_cast<double>(kv_head_reads);
   result.kv_bytes = cache_.sequence_bytes(seq.seq);
   result.kv_retrieval_pages = static_cast<int64_t>(seq.seq.retrieval.pages.size());
   return result;

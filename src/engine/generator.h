@@ -55,6 +55,14 @@ class Generator {
   // sequence's pages before returning, also on error.
   GenerationResult run(const GenerationRequest& request, const std::function<void(std::string_view)>& on_text);
 
+  // Overlapped decoding (off by default): while the device runs decode step n, the host plans
+  // and queues step n + 1, fed by the token step n draws on the device, and only then reads
+  // step n's token back; the device never waits for the host between steps. Needs tokens drawn
+  // on the device; a step after one that selected pages is still planned after it (its reuse
+  // is planned from the selection read back). A request that stops early (EOS, a stop string)
+  // computes one token past its end, which is dropped. Outputs are those of the plain loop.
+  void set_overlap_steps(bool on) { overlap_steps_ = on; }
+
   // Teacher-forced logits, for tests and evaluation: prefill `prefill_len` tokens of `tokens`
   // in chunks of `chunk`, then feed the rest one at a time. Returns the logits after each
   // token from index prefill_len - 1 on ([tokens.size() - prefill_len + 1, vocab]).
@@ -71,6 +79,12 @@ class Generator {
   void step(SequenceKv& seq, std::span<const int32_t> tokens, bool decoding, bool prefill_done,
             std::span<const int32_t> logit_rows, float* logits, const DeviceSampling* sampling = nullptr,
             int32_t* sampled = nullptr);
+  // The two halves of a step around its forward pass: reserving pages and planning the batch
+  // for n tokens at seq.num_tokens()..; then counting the step and releasing the streaming
+  // pages no later query sees (as soon as the step is queued: later work on the device, which
+  // may reuse them, runs after it).
+  AttentionBatch plan(SequenceKv& seq, int64_t n, bool decoding);
+  void after_step(SequenceKv& seq, bool decoding, bool prefill_done);
 
   LlamaModel& model_;
   KvCache& cache_;
@@ -78,6 +92,7 @@ class Generator {
   int64_t prefill_chunk_;
   SparsityConfig dense_;  // used when no config is given
   const SparsityConfig* sparsity_;
+  bool overlap_steps_ = false;
 };
 
 }  // namespace lserve

@@ -104,19 +104,59 @@ void LlamaModel::forward_sampled(std::span<const int32_t> token_ids, const Atten
   run(token_ids, batch, cache, logit_rows, sampling, logits, tokens);
 }
 
-void LlamaModel::run(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
-                     std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling, float* logits,
-                     int32_t* tokens) {
-  const int64_t T = static_cast<int64_t>(token_ids.size());
+void LlamaModel::queue_sampled(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
+                               std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling) {
+  LSERVE_CHECK(backend_.samples_on_device(), "the {} backend cannot sample", backend_.name());
+  LSERVE_CHECK(sampling.size() == logit_rows.size() && !logit_rows.empty(), "{} sampling rows for {} logit rows",
+               sampling.size(), logit_rows.size());
+  LSERVE_CHECK(queued_.empty() || backend_.can_begin_before_end(),
+               "a step queued before the last one ended, on a backend that cannot overlap them now");
+  launch(token_ids, false, batch, cache, logit_rows, sampling, true);
+  const auto R = static_cast<int64_t>(logit_rows.size());
+  queued_.push_back({&batch, backend_.queue_download(scratch_->sampled.rows(0, R)), R, scratch_->generation});
+}
+
+void LlamaModel::queue_sampled_after(const AttentionBatch& batch, KvCache& cache,
+                                     std::span<const DeviceSampling> sampling) {
+  LSERVE_CHECK(backend_.samples_on_device(), "the {} backend cannot sample", backend_.name());
+  LSERVE_CHECK(!queued_.empty(), "queue_sampled_after with no step queued before it");
+  LSERVE_CHECK(backend_.can_begin_before_end(), "a step queued before the last one ended, on a backend that cannot "
+                                                "overlap them now");
+  const int64_t T = batch.num_tokens();
+  LSERVE_CHECK(T == queued_.back().rows && T == batch.num_seqs(),
+               "a step fed by the last one's {} tokens has {} tokens of {} sequences", queued_.back().rows, T,
+               batch.num_seqs());
+  LSERVE_CHECK(static_cast<int64_t>(sampling.size()) == T, "{} sampling rows for {} logit rows", sampling.size(), T);
+  std::vector<int32_t> rows(static_cast<size_t>(T));
+  for (int64_t i = 0; i < T; ++i) rows[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+  launch({}, true, batch, cache, rows, sampling, true);
+  queued_.push_back({&batch, backend_.queue_download(scratch_->sampled.rows(0, T)), T, scratch_->generation});
+}
+
+void LlamaModel::collect_sampled(int32_t* tokens) {
+  LSERVE_CHECK(!queued_.empty(), "collect_sampled with no step queued");
+  const QueuedStep step = queued_.front();
+  queued_.pop_front();
+  backend_.finish_download(step.tokens_ticket, tokens);
+  backend_.end_step(*step.batch);
+}
+
+void LlamaModel::launch(std::span<const int32_t> token_ids, bool ids_from_last, const AttentionBatch& batch,
+                        KvCache& cache, std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling,
+                        bool sampled) {
+  const int64_t T = batch.num_tokens();
   const int64_t R = static_cast<int64_t>(logit_rows.size());
-  LSERVE_CHECK(T == batch.num_tokens() && static_cast<int64_t>(batch.positions.size()) == T,
-               "batch describes {} tokens, {} given", batch.num_tokens(), T);
+  LSERVE_CHECK((ids_from_last || T == static_cast<int64_t>(token_ids.size())) &&
+                   static_cast<int64_t>(batch.positions.size()) == T,
+               "batch describes {} tokens, {} given", batch.num_tokens(), token_ids.size());
   for (int32_t p : batch.positions)
     if (p < 0 || p >= max_context_) fail("position {} is beyond the max context {}", p, max_context_);
   for (int32_t r : logit_rows) LSERVE_CHECK(r >= 0 && r < T, "logit row {} outside the step's {} rows", r, T);
-  if (T == 0) return;
   ensure_scratch(T, R);
   Scratch& s = *scratch_;
+  // The last step's tokens are read where it drew them: a reallocated scratch has lost them.
+  LSERVE_CHECK(!ids_from_last || queued_.back().scratch_generation == s.generation,
+               "the step feeding this one drew its tokens into a scratch since reallocated");
   const float eps = static_cast<float>(config_.rms_norm_eps);
 
   // Everything the step reads goes to the device first, so that the ops below are launches only
@@ -129,9 +169,11 @@ void LlamaModel::run(std::span<const int32_t> token_ids, const AttentionBatch& b
                                             static_cast<int32_t>(config_.head_dim),
                                             static_cast<int32_t>(std::max<int64_t>(full_context_heads, 1)), &cache});
   Tensor ids = s.ids.rows(0, T), positions = s.positions.rows(0, T);
-  backend_.upload(ids, token_ids.data());
+  if (ids_from_last)
+    backend_.copy(s.sampled.rows(0, T), ids);
+  else
+    backend_.upload(ids, token_ids.data());
   backend_.upload(positions, batch.positions.data());
-  const bool sampled = tokens != nullptr;
   if (sampled) backend_.set_sampling(sampling);
   // Rows 0..R-1 in order (every decode step) feed lm_head in place; others are gathered.
   bool identity_rows = true;
@@ -165,7 +207,19 @@ void LlamaModel::run(std::span<const int32_t> token_ids, const AttentionBatch& b
     backend_.linear(picked, weights_.lm_head, Tensor{}, s.logits.rows(0, R));
     if (sampled) backend_.sample(s.logits.rows(0, R), s.sampled.rows(0, R));
   });
+}
 
+void LlamaModel::run(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
+                     std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling, float* logits,
+                     int32_t* tokens) {
+  LSERVE_CHECK(queued_.empty(), "a forward pass while {} queued steps are not collected", queued_.size());
+  LSERVE_CHECK(static_cast<int64_t>(token_ids.size()) == batch.num_tokens(), "batch describes {} tokens, {} given",
+               batch.num_tokens(), token_ids.size());
+  if (token_ids.empty()) return;
+  const int64_t R = static_cast<int64_t>(logit_rows.size());
+  const bool sampled = tokens != nullptr;
+  launch(token_ids, false, batch, cache, logit_rows, sampling, sampled);
+  Scratch& s = *scratch_;
   if (R > 0 && sampled) backend_.download(s.sampled.rows(0, R), tokens);
   if (R > 0 && logits) {
     Tensor out = s.logits.rows(0, R);

@@ -8,6 +8,7 @@
 //   then:       logits of the requested rows = lm_head(rms_norm(h))
 #pragma once
 
+#include <deque>
 #include <filesystem>
 #include <memory>
 #include <span>
@@ -46,8 +47,26 @@ class LlamaModel {
                        std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling,
                        int32_t* tokens, float* logits = nullptr);
 
+  // Overlapped decoding: queue_sampled queues the step forward_sampled runs and returns without
+  // waiting for its tokens, which collect_sampled returns later (steps are collected in the
+  // order they were queued). Meanwhile the host may plan and queue the next step, when the
+  // backend can_begin_before_end(): queue_sampled_after queues a step whose row i's token is the
+  // one the step queued last drew for its logit row i, so that tokens need not pass through the
+  // host between steps (its logit rows are its rows, in order). A queued step's batch must stay
+  // alive and unchanged until it is collected; forward() and forward_sampled() need none queued.
+  void queue_sampled(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
+                     std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling);
+  void queue_sampled_after(const AttentionBatch& batch, KvCache& cache, std::span<const DeviceSampling> sampling);
+  // The tokens of the oldest queued step (one per logit row), once its work is done; ends it.
+  void collect_sampled(int32_t* tokens);
+  size_t queued_steps() const { return queued_.size(); }
+
  private:
   struct Scratch;
+  // Everything of a step up to its last launch: uploads, then the recorded or replayed ops.
+  // token_ids empty with ids_from_last: the ids are the tokens the last queued step drew.
+  void launch(std::span<const int32_t> token_ids, bool ids_from_last, const AttentionBatch& batch, KvCache& cache,
+              std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling, bool sampled);
   void run(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
            std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling, float* logits,
            int32_t* tokens);
@@ -65,6 +84,13 @@ class LlamaModel {
   Tensor rope_table_;  // [max_context, head_dim]: cos | sin, with the attention scale folded in
   std::shared_ptr<DeviceMemory> rope_memory_;
   std::unique_ptr<Scratch> scratch_;
+  struct QueuedStep {
+    const AttentionBatch* batch;
+    uint64_t tokens_ticket;   // Backend::queue_download of its drawn tokens
+    int64_t rows;             // logit rows (tokens drawn)
+    uint64_t scratch_generation;  // the scratch its tokens were drawn into
+  };
+  std::deque<QueuedStep> queued_;
 };
 
 }  // namespace lserve

@@ -6,10 +6,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <climits>
 #include <cstddef>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <vector>
 
@@ -90,8 +92,12 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     if (stream_) cudaStreamSynchronize(stream_);
     clear_recorded_steps();
-    timer_.destroy();
+    for (StepTimer& t : timers_) t.destroy();
     if (pinned_download_) cudaFreeHost(pinned_download_);
+    for (QueuedCopy& q : queued_copies_) {
+      if (q.done) cudaEventDestroy(q.done);
+      if (q.host) cudaFreeHost(q.host);
+    }
     linear_.reset();
     uploader_.reset();
     if (stream_) cudaStreamDestroy(stream_);
@@ -134,6 +140,37 @@ class CudaBackend final : public Backend {
     LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
+  // Into pinned slots, one per open ticket, each with an event the finish waits for alone.
+  uint64_t queue_download(const Tensor& src) override {
+    LSERVE_CHECK(src.device == Device::Cuda, "queue_download needs a GPU tensor");
+    LSERVE_CHECK(!capturing_, "queue_download inside a recorded step");
+    const uint64_t ticket = open_download(src);
+    QueuedCopy& q = queued_copies_[ticket % queued_copies_.size()];
+    if (!q.host) {
+      LSERVE_CUDA_CHECK(cudaMallocHost(&q.host, kMaxQueuedDownloadBytes));
+      LSERVE_CUDA_CHECK(cudaEventCreateWithFlags(&q.done, cudaEventDisableTiming));
+    }
+    q.bytes = src.nbytes();
+    if (q.bytes) LSERVE_CUDA_CHECK(cudaMemcpyAsync(q.host, src.data, q.bytes, cudaMemcpyDeviceToHost, stream_));
+    LSERVE_CUDA_CHECK(cudaEventRecord(q.done, stream_));
+    return ticket;
+  }
+
+  void finish_download(uint64_t ticket, void* host_dst) override {
+    close_download(ticket);
+    QueuedCopy& q = queued_copies_[ticket % queued_copies_.size()];
+    LSERVE_CUDA_CHECK(cudaEventSynchronize(q.done));
+    if (q.bytes) std::memcpy(host_dst, q.host, q.bytes);
+  }
+
+  void copy(const Tensor& src, Tensor dst) override {
+    LSERVE_CHECK(src.device == Device::Cuda && dst.device == Device::Cuda && src.nbytes() == dst.nbytes(),
+                 "copy needs two GPU tensors of the same size");
+    LSERVE_CHECK(!capturing_, "copy inside a recorded step");
+    if (src.nbytes())
+      LSERVE_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDeviceToDevice, stream_));
+  }
+
   // Every weight becomes bf16 on the GPU, vectors (norms, biases) included: the kernels read one
   // weight dtype, and bf16 checkpoints (the common case) lose nothing.
   Tensor prepare_weight(const Tensor& host, std::shared_ptr<DeviceMemory>* keep) override {
@@ -169,6 +206,13 @@ class CudaBackend final : public Backend {
 
   void begin_step(const AttentionBatch& batch, const AttentionHeads& heads) override {
     const size_t T = static_cast<size_t>(batch.num_tokens()), B = batch.seq_lens.size();
+    if (open_steps_ > 0) {  // the step before has not ended: keep what its end_step needs
+      LSERVE_CHECK(can_begin_before_end(), "a step begun before the end of one whose page selections it needs");
+      earlier_open_.push_back({std::move(sel_), step_cache_, step_num_heads_, timer_at_});
+      timer_at_ ^= 1;  // at most two steps are open
+      ++step_stats_.overlapped;
+    }
+    ++open_steps_;
     start_step_timer(batch);
     LSERVE_CHECK(batch.query_start.size() == B + 1 && batch.page_indptr.size() == B + 1 &&
                      batch.slot_mapping.size() == T && batch.positions.size() == T,
@@ -230,9 +274,9 @@ class CudaBackend final : public Backend {
     plan_group_ = -1;  // the attention plan is rebuilt for this batch
     sel_ = StepSelection{};
     if (heads.cache && batch.selects_pages() && heads.num_heads > 0) {
-      const auto t0 = timer_.active ? StepTimer::Clock::now() : StepTimer::Clock::time_point{};
+      const auto t0 = timer().active ? StepTimer::Clock::now() : StepTimer::Clock::time_point{};
       plan_selection(batch, *heads.cache, heads.num_heads);
-      if (timer_.active) timer_.select_plan = StepTimer::Clock::now() - t0;
+      if (timer().active) timer().select_plan = StepTimer::Clock::now() - t0;
     }
     if (heads.num_heads > 0 && heads.num_kv_heads > 0 && heads.num_heads % heads.num_kv_heads == 0 &&
         cuda::fast_attention_supports(heads.head_dim))
@@ -241,7 +285,7 @@ class CudaBackend final : public Backend {
   }
 
   void run_step(const StepKey& key, bool recordable, const std::function<void()>& ops) override {
-    const StepTimer::Kernels timing(timer_, stream_);
+    const StepTimer::Kernels timing(timer(), stream_);
     if (!recordable || !options_.graphs) {
       ops();
       return;
@@ -563,12 +607,29 @@ class CudaBackend final : public Backend {
 
   // Fresh selections back to the sequences, as the host selector leaves them, then what each
   // decoding sequence read (SequenceKv::kv_tokens_read, as the CPU backend counts it).
+  // Steps end in the order they began: the oldest open one ends here.
   void end_step(const AttentionBatch& batch) override {
     const auto finish = std::chrono::steady_clock::now();
-    store_fresh_selections(batch);
-    if (step_cache_ && step_num_heads_ > 0) count_kv_reads(batch, *step_cache_);
-    if (timer_.active && profile_steps_) LSERVE_CUDA_CHECK(cudaProfilerStop());
-    timer_.finish(finish, step_stats_);
+    LSERVE_CHECK(open_steps_ > 0, "end_step of no open step");
+    --open_steps_;
+    if (!earlier_open_.empty()) {  // a step that ends after the next one began
+      const OpenStep step = std::move(earlier_open_.front());
+      earlier_open_.pop_front();
+      LSERVE_CHECK(step.sel.fresh.empty(), "a step that selected pages ended after the next one began");
+      if (step.cache && step.num_heads > 0) count_kv_reads(step.sel, step.num_heads, batch, *step.cache);
+      timers_[step.timer].finish(finish, step_stats_);
+      return;
+    }
+    store_fresh_selections(sel_, batch);
+    if (step_cache_ && step_num_heads_ > 0) count_kv_reads(sel_, step_num_heads_, batch, *step_cache_);
+    if (timer().active && profile_steps_) LSERVE_CUDA_CHECK(cudaProfilerStop());
+    timer().finish(finish, step_stats_);
+  }
+
+  // The next step may begin before this one ends unless this one selects pages (the next
+  // plans its reuse from the selections end_step reads back), or steps are profiled one by one.
+  bool can_begin_before_end() const override {
+    return open_steps_ == 0 || (sel_.fresh.empty() && earlier_open_.empty() && !profile_steps_);
   }
 
   cudaStream_t stream() const { return stream_; }
@@ -579,6 +640,25 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // ---- page selection of the step ----
+  // Device block: the jobs, the sequences' slots, then per layer, slot and KV head a list's
+  // length and its pages (select_capacity entries each). Reused selections are written by the
+  // host, fresh ones by the select kernel of their layer and read back in end_step.
+  struct StepSelection {
+    bool planned = false;
+    int32_t slots = 0, capacity = 0, entries_per_split = 1, num_layers = 0;
+    bool per_query_head = false;  // one selection per query head (units: the layer's query heads)
+    int32_t group = 1, num_units = 0;  // query heads per KV head; selection units per layer
+    std::vector<int32_t> seq_slot, list_splits;  // [B]
+    std::vector<int32_t> layer_job_begin;        // [layers + 1]
+    std::vector<cuda::SelectJob> jobs;
+    // (seq, layer, unit, the sequence's decode step) of each fresh job: the step is taken when
+    // planned, since the caller may count the step before it ends (overlapped steps).
+    std::vector<std::array<int64_t, 4>> fresh;
+    std::vector<int32_t> lists_host;             // counts, then pages (the host's part)
+    size_t scratch_bytes = 0;
+    int32_t grid_pages = 0;  // the selector's grid (select_grid_pages of the longest fresh job)
+  };
   // Times one decode-only step (CudaStepStats): host clocks around the planning and the
   // finishing work, CUDA events around the uploads and the kernels. A step's events have
   // completed by end_step (its results were downloaded); one whose have not is left out.
@@ -629,37 +709,38 @@ class CudaBackend final : public Backend {
   };
 
   void start_step_timer(const AttentionBatch& batch) {
-    timer_.active = false;
-    timer_.kernels = false;
+    StepTimer& t = timer();
+    t.active = false;
+    t.kernels = false;
     if (!time_steps_ || capturing_ || batch.num_tokens() == 0 || batch.num_tokens() != batch.num_seqs()) return;  // decode-only steps
-    if (!timer_.begin)
-      for (cudaEvent_t* e : {&timer_.begin, &timer_.kernels_begin, &timer_.kernels_end})
+    if (!t.begin)
+      for (cudaEvent_t* e : {&t.begin, &t.kernels_begin, &t.kernels_end})
         LSERVE_CUDA_CHECK(cudaEventCreate(e));
-    timer_.start = StepTimer::Clock::now();
-    timer_.select_plan = {};
+    t.start = StepTimer::Clock::now();
+    t.select_plan = {};
     if (profile_steps_) LSERVE_CUDA_CHECK(cudaProfilerStart());
-    LSERVE_CUDA_CHECK(cudaEventRecord(timer_.begin, stream_));
-    timer_.active = true;
+    LSERVE_CUDA_CHECK(cudaEventRecord(t.begin, stream_));
+    t.active = true;
   }
 
-  void store_fresh_selections(const AttentionBatch& batch) {
-    if (!sel_.planned || sel_.slots == 0) return;
-    const int32_t L = sel_.num_layers, U = sel_.num_units, S = sel_.slots, cap = sel_.capacity;
+  void store_fresh_selections(StepSelection& sel, const AttentionBatch& batch) {
+    if (!sel.planned || sel.slots == 0) return;
+    const int32_t L = sel.num_layers, U = sel.num_units, S = sel.slots, cap = sel.capacity;
     const size_t counts = static_cast<size_t>(L) * S * U;
-    if (!sel_.fresh.empty()) {
-      LSERVE_CUDA_CHECK(cudaMemcpyAsync(sel_.lists_host.data(), sel_counts_dev_,
+    if (!sel.fresh.empty()) {
+      LSERVE_CUDA_CHECK(cudaMemcpyAsync(sel.lists_host.data(), sel_counts_dev_,
                                         (counts + counts * static_cast<size_t>(cap)) * sizeof(int32_t),
                                         cudaMemcpyDeviceToHost, stream_));
       LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     }
-    for (const auto& [b, layer, u] : sel_.fresh) {
+    for (const auto& [b, layer, u, decode_step] : sel.fresh) {
       SequenceKv& seq = *batch.sequences[static_cast<size_t>(b)];
-      const size_t unit = (static_cast<size_t>(layer) * S + static_cast<size_t>(sel_.seq_slot[static_cast<size_t>(b)])) * U +
+      const size_t unit = (static_cast<size_t>(layer) * S + static_cast<size_t>(sel.seq_slot[static_cast<size_t>(b)])) * U +
                           static_cast<size_t>(u);
-      const int32_t* list = sel_.lists_host.data() + counts + unit * static_cast<size_t>(cap);
+      const int32_t* list = sel.lists_host.data() + counts + unit * static_cast<size_t>(cap);
       PageSelection& ps = seq.selections[static_cast<size_t>(layer * U + u)];
-      ps.pages.assign(list, list + sel_.lists_host[unit]);
-      ps.decode_step = seq.decode_steps;
+      ps.pages.assign(list, list + sel.lists_host[unit]);
+      ps.decode_step = decode_step;
       ps.num_pages_then = (batch.seq_lens[b] + sel_page_size_ - 1) / sel_page_size_;
     }
   }
@@ -667,16 +748,17 @@ class CudaBackend final : public Backend {
   // Keys each (layer, query head) of a decoding sequence attended this step: a streaming head
   // its decode window, a retrieval head that selects the tokens of its page list (the
   // selection, then the pages newer than it), any other head the whole context.
-  void count_kv_reads(const AttentionBatch& batch, const KvCache& cache) const {
+  void count_kv_reads(const StepSelection& sel, int32_t num_heads, const AttentionBatch& batch,
+                      const KvCache& cache) const {
     if (batch.decoding.empty() || batch.sequences.empty()) return;
     const int64_t L = cache.num_layers(), Hk = cache.num_kv_heads(), P = cache.page_size();
-    const int64_t G = step_num_heads_ / Hk;
+    const int64_t G = num_heads / Hk;
     for (int32_t b = 0; b < batch.num_seqs(); ++b) {
       SequenceKv* seq = batch.sequences[static_cast<size_t>(b)];
       if (!seq || !batch.decoding[static_cast<size_t>(b)] || batch.query_len(b) != 1) continue;
       const int64_t len = batch.seq_lens[b], num_pages = (len + P - 1) / P;
-      const int32_t slot = sel_.planned && static_cast<size_t>(b) < sel_.seq_slot.size() ? sel_.seq_slot[static_cast<size_t>(b)] : -1;
-      const int64_t U = slot >= 0 ? sel_.num_units : 0;
+      const int32_t slot = sel.planned && static_cast<size_t>(b) < sel.seq_slot.size() ? sel.seq_slot[static_cast<size_t>(b)] : -1;
+      const int64_t U = slot >= 0 ? sel.num_units : 0;
       auto page_tokens = [&](int64_t pg) { return std::min<int64_t>(P, len - pg * P); };
       auto list_tokens = [&](const PageSelection& ps) {
         int64_t n = 0;
@@ -696,10 +778,10 @@ class CudaBackend final : public Backend {
             continue;
           }
           // A selecting retrieval head: one list for the group, or one per query head.
-          const int64_t units = slot < 0 ? 0 : (sel_.per_query_head ? G : 1);
+          const int64_t units = slot < 0 ? 0 : (sel.per_query_head ? G : 1);
           for (int64_t s = 0; s < units; ++s) {
-            const size_t idx = static_cast<size_t>(l * U + (sel_.per_query_head ? h * G + s : h));
-            const int64_t heads = sel_.per_query_head ? 1 : G;
+            const size_t idx = static_cast<size_t>(l * U + (sel.per_query_head ? h * G + s : h));
+            const int64_t heads = sel.per_query_head ? 1 : G;
             const bool listed = idx < seq->selections.size() && seq->selections[idx].decode_step >= 0;
             seq->kv_tokens_read += heads * (listed ? list_tokens(seq->selections[idx]) : len);
             seq->kv_head_reads += heads;
@@ -844,7 +926,7 @@ class CudaBackend final : public Backend {
             sel.jobs.push_back(j);
           }
           if (fresh) {
-            sel.fresh.push_back({b, l, u});
+            sel.fresh.push_back({b, l, u, seq.decode_steps});
             continue;
           }
           int32_t* list = sel.lists_host.data() + counts + unit * static_cast<size_t>(cap);
@@ -1049,29 +1131,33 @@ class CudaBackend final : public Backend {
   std::vector<RecordedStep> recorded_;
   bool capturing_ = false;
   CudaStepStats step_stats_;
-  StepTimer timer_;
+  std::array<StepTimer, 2> timers_;  // the newest open step's, and the one before's
+  size_t timer_at_ = 0;               // the newest open step's
+  StepTimer& timer() { return timers_[timer_at_]; }
   bool time_steps_ = false;     // enable_cuda_step_timing
   bool profile_steps_ = false;  // and each timed step inside cudaProfilerStart/Stop
 
-  // ---- page selection of the step ----
-  // Device block: the jobs, the sequences' slots, then per layer, slot and KV head a list's
-  // length and its pages (select_capacity entries each). Reused selections are written by the
-  // host, fresh ones by the select kernel of their layer and read back in end_step.
-  struct StepSelection {
-    bool planned = false;
-    int32_t slots = 0, capacity = 0, entries_per_split = 1, num_layers = 0;
-    bool per_query_head = false;  // one selection per query head (units: the layer's query heads)
-    int32_t group = 1, num_units = 0;  // query heads per KV head; selection units per layer
-    std::vector<int32_t> seq_slot, list_splits;  // [B]
-    std::vector<int32_t> layer_job_begin;        // [layers + 1]
-    std::vector<cuda::SelectJob> jobs;
-    std::vector<std::array<int32_t, 3>> fresh;   // (seq, layer, unit) of each fresh job
-    std::vector<int32_t> lists_host;             // counts, then pages (the host's part)
-    size_t scratch_bytes = 0;
-    int32_t grid_pages = 0;  // the selector's grid (select_grid_pages of the longest fresh job)
-  };
   StepSelection sel_;
   int32_t sel_page_size_ = 0;
+
+  // Open steps (begun, not ended): the newest one's state is in the members above; the ones
+  // begun before it keep what their end_step needs here, oldest first.
+  struct OpenStep {
+    StepSelection sel;
+    const KvCache* cache;
+    int32_t num_heads;
+    size_t timer;
+  };
+  std::deque<OpenStep> earlier_open_;
+  int32_t open_steps_ = 0;
+
+  // queue_download's pinned slots, one per open ticket.
+  struct QueuedCopy {
+    void* host = nullptr;
+    size_t bytes = 0;
+    cudaEvent_t done = nullptr;
+  };
+  std::array<QueuedCopy, kMaxQueuedDownloads> queued_copies_{};
   static constexpr int32_t kDecodeMaxGroupForSelection = cuda::kDecodeMaxGroup;
   cuda::GrowableBuffer select_device_, select_scratch_;
   cuda::ArrivalCounters select_arrivals_;

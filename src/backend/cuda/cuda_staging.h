@@ -28,7 +28,7 @@ class PinnedUploader {
     cudaEvent_t done = nullptr;
   };
   cudaStream_t stream_;
-  std::array<Slot, 8> slots_{};
+  std::array<Slot, 16> slots_{};  // two overlapped steps' uploads, and room
   size_t next_ = 0;
 };
 

@@ -1,0 +1,254 @@
+// Overlapped decoding (Generator::set_overlap_steps, LlamaModel::queue_sampled): the host
+// queues decode step n + 1, fed by the token step n draws on the device, before it reads step
+// n's token back. The CUDA backend is where this pays; its host logic is tested here on the CPU
+// backend behind a wrapper that draws tokens in sample() and lets steps overlap, against the
+// plain loop on the same wrapper: the same tokens, text, finish reasons and KV reads, under dense
+// and sparse attention, stopping at EOS and stop strings mid-pipeline, and no page left over.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <deque>
+#include <memory>
+
+#include "backend/backend.h"
+#include "engine/generator.h"
+#include "eval/splitmix64.h"
+#include "model/llama_model.h"
+#include "model/tokenizer.h"
+#include "model/weights.h"
+#include "test_util.h"
+
+namespace lserve {
+namespace {
+
+const std::filesystem::path kModelDir = std::filesystem::path(LSERVE_SOURCE_DIR) / "models/tiny-llama";
+
+// The CPU backend, with tokens drawn in sample() (greedy, or by temperature from a uniform keyed
+// by the row's seed and counter) and overlapping steps allowed: its ops run at once, so a step
+// queued early has simply run early. Counts the steps begun while another was open.
+class DrawingCpuBackend final : public Backend {
+ public:
+  Device device() const override { return cpu_->device(); }
+  std::string name() const override { return "cpu, drawing its own tokens"; }
+  DType compute_dtype() const override { return cpu_->compute_dtype(); }
+  std::shared_ptr<DeviceMemory> allocate(size_t bytes) override { return cpu_->allocate(bytes); }
+  void upload(Tensor dst, const void* src) override { cpu_->upload(dst, src); }
+  void download(const Tensor& src, void* dst) override { cpu_->download(src, dst); }
+  Tensor prepare_weight(const Tensor& w, std::shared_ptr<DeviceMemory>* keep) override {
+    return cpu_->prepare_weight(w, keep);
+  }
+  void begin_step(const AttentionBatch& batch, const AttentionHeads& heads) override {
+    if (!reads_.empty()) ++overlapped;
+    reads_.push_back({});
+    batch_ = &batch;
+    cpu_->begin_step(batch, heads);
+  }
+  // As the CUDA backend does, a step's KV reads reach its sequences at its end_step.
+  void run_step(const StepKey& key, bool recordable, const std::function<void()>& ops) override {
+    ASSERT_FALSE(reads_.empty()) << "run_step outside a step";
+    std::vector<std::array<int64_t, 2>> before;
+    for (const SequenceKv* seq : batch_->sequences) before.push_back({seq->kv_tokens_read, seq->kv_head_reads});
+    cpu_->run_step(key, recordable, ops);
+    for (size_t i = 0; i < before.size(); ++i) {
+      SequenceKv& seq = *batch_->sequences[i];
+      reads_.back().push_back({seq.kv_tokens_read - before[i][0], seq.kv_head_reads - before[i][1]});
+      seq.kv_tokens_read = before[i][0];
+      seq.kv_head_reads = before[i][1];
+    }
+  }
+  void end_step(const AttentionBatch& batch) override {
+    ASSERT_FALSE(reads_.empty()) << "end_step of no open step";
+    const std::vector<std::array<int64_t, 2>> reads = reads_.front();
+    reads_.pop_front();
+    ASSERT_TRUE(reads.empty() || reads.size() == batch.sequences.size());
+    for (size_t i = 0; i < reads.size(); ++i) {
+      batch.sequences[i]->kv_tokens_read += reads[i][0];
+      batch.sequences[i]->kv_head_reads += reads[i][1];
+    }
+    cpu_->end_step(batch);
+  }
+  bool can_begin_before_end() const override { return true; }
+
+  bool samples_on_device() const override { return true; }
+  void set_sampling(std::span<const DeviceSampling> rows) override { rows_.assign(rows.begin(), rows.end()); }
+  void sample(const Tensor& logits, Tensor tokens) override {
+    const int64_t R = logits.dim(0), V = logits.dim(1);
+    ASSERT_EQ(static_cast<size_t>(R), rows_.size());
+    for (int64_t r = 0; r < R; ++r) {
+      const float* l = logits.as<float>() + r * V;
+      const DeviceSampling& p = rows_[static_cast<size_t>(r)];
+      int32_t best = 0;
+      for (int32_t i = 1; i < V; ++i) best = l[i] > l[best] ? i : best;
+      if (p.temperature > 0) {
+        double total = 0;
+        for (int64_t i = 0; i < V; ++i) total += std::exp((l[i] - l[best]) / p.temperature);
+        const double u = static_cast<double>(eval::mix64(p.seed * 1000003 + p.counter) >> 11) * 0x1p-53 * total;
+        double acc = 0;
+        for (int32_t i = 0; i < V; ++i) {
+          acc += std::exp((l[i] - l[best]) / p.temperature);
+          if (acc > u) {
+            best = i;
+            break;
+          }
+        }
+      }
+      tokens.as<int32_t>()[r] = best;
+    }
+  }
+
+  void gather_rows(const Tensor& src, std::span<const int32_t> rows, Tensor dst) override {
+    cpu_->gather_rows(src, rows, dst);
+  }
+  void embedding(const Tensor& ids, const Tensor& table, Tensor out) override { cpu_->embedding(ids, table, out); }
+  void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor out) override { cpu_->rms_norm(x, w, eps, out); }
+  void add_rms_norm(Tensor residual, const Tensor& x, const Tensor& w, float eps, Tensor out) override {
+    cpu_->add_rms_norm(residual, x, w, eps, out);
+  }
+  void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor out) override {
+    cpu_->linear(x, w, bias, out);
+  }
+  void head_rms_norm(Tensor x, int64_t head_dim, const Tensor& w, float eps) override {
+    cpu_->head_rms_norm(x, head_dim, w, eps);
+  }
+  void rope(Tensor q, Tensor k, const Tensor& positions, const Tensor& cos_sin, int64_t head_dim) override {
+    cpu_->rope(q, k, positions, cos_sin, head_dim);
+  }
+  void silu_mul(const Tensor& gate, const Tensor& up, Tensor out) override { cpu_->silu_mul(gate, up, out); }
+  void kv_append(KvCache& cache, int64_t layer, const Tensor& k, const Tensor& v, const AttentionBatch& batch) override {
+    cpu_->kv_append(cache, layer, k, v, batch);
+  }
+  void attention(const KvCache& cache, int64_t layer, const Tensor& q, const AttentionBatch& batch, float scale,
+                 Tensor out) override {
+    cpu_->attention(cache, layer, q, batch, scale, out);
+  }
+  void synchronize() override { cpu_->synchronize(); }
+
+  int64_t overlapped = 0;
+
+ private:
+  std::unique_ptr<Backend> cpu_ = make_cpu_backend(2);
+  std::vector<DeviceSampling> rows_;
+  const AttentionBatch* batch_ = nullptr;                   // the newest open step's
+  std::deque<std::vector<std::array<int64_t, 2>>> reads_;  // per open step, its sequences' KV reads
+};
+
+SparsityConfig sparse_policy() {  // every sparse path within a few hundred tokens
+  SparsityConfig s;
+  s.policy = AttentionPolicy::LServe;
+  s.page_size = 16;
+  s.logical_page_size = 4;
+  s.token_budget = 64;
+  s.selector_interval = 3;
+  s.prefill_window = {16, 96};
+  s.decode_window = {16, 32};
+  return s;
+}
+
+struct Rig {
+  DrawingCpuBackend backend;
+  ModelConfig config = ModelConfig::from_file(kModelDir / "config.json");
+  LlamaModel model{config, load_weights(config, kModelDir, backend), backend, 2048};
+  Tokenizer tokenizer = Tokenizer::from_dir(kModelDir);
+  SparsityConfig sparsity;
+  std::unique_ptr<KvCache> cache;
+
+  explicit Rig(bool sparse) {
+    if (sparse) sparsity = sparse_policy();
+    else sparsity.page_size = 16;
+    KvCacheOptions kv;
+    kv.page_size = sparsity.page_size;
+    kv.logical_page_size = sparse ? sparsity.logical_page_size : 0;
+    kv.retrieval_pages = 64;
+    kv.streaming_pages = sparse ? 64 : 0;
+    const HeadPattern pattern = sparse ? HeadPattern::uniform(config.num_layers, config.num_kv_heads, 0.5)
+                                       : HeadPattern::all_retrieval(config.num_layers, config.num_kv_heads);
+    cache = std::make_unique<KvCache>(config, pattern, kv, backend);
+  }
+
+  GenerationResult run(const GenerationRequest& req, bool overlap) {
+    Generator gen(model, *cache, &tokenizer, 50, &sparsity);
+    gen.set_overlap_steps(overlap);
+    const int64_t before = backend.overlapped;
+    GenerationResult r = gen.run(req, nullptr);
+    overlapped = backend.overlapped - before;
+    EXPECT_EQ(cache->allocator(HeadKind::Retrieval).num_used(), 0) << "retrieval pages left over";
+    EXPECT_EQ(cache->allocator(HeadKind::Streaming).num_used(), 0) << "streaming pages left over";
+    EXPECT_EQ(model.queued_steps(), 0u);
+    return r;
+  }
+  int64_t overlapped = 0;  // of the last run
+};
+
+GenerationRequest request(size_t prompt_len, int64_t max_tokens, uint32_t seed) {
+  GenerationRequest req;
+  std::mt19937 rng(seed);
+  for (size_t i = 0; i < prompt_len; ++i) req.prompt.push_back(static_cast<int32_t>(rng() % 4000));
+  req.max_tokens = max_tokens;
+  req.ignore_eos = true;
+  return req;
+}
+
+void expect_same(const GenerationResult& got, const GenerationResult& want) {
+  EXPECT_EQ(got.tokens, want.tokens);
+  EXPECT_EQ(got.text, want.text);
+  EXPECT_EQ(got.finish_reason, want.finish_reason);
+  EXPECT_EQ(got.decode_steps, want.decode_steps);
+  EXPECT_DOUBLE_EQ(got.mean_kv_tokens_read, want.mean_kv_tokens_read);
+}
+
+class OverlappedDecode : public ::testing::TestWithParam<bool> {};
+
+TEST_P(OverlappedDecode, GeneratesWhatThePlainLoopDoes) {
+  Rig rig(GetParam());
+  for (int64_t max_tokens : {1, 2, 3, 29}) {
+    for (float temperature : {0.0f, 0.8f}) {
+      SCOPED_TRACE(testing::Message() << max_tokens << " tokens at temperature " << temperature);
+      GenerationRequest req = request(230, max_tokens, 7);
+      req.sampling.temperature = temperature;
+      req.sampling.seed = 11;
+      const GenerationResult want = rig.run(req, false);
+      EXPECT_EQ(rig.overlapped, 0);
+      const GenerationResult got = rig.run(req, true);
+      expect_same(got, want);
+      EXPECT_EQ(rig.overlapped, std::max<int64_t>(max_tokens - 2, 0)) << "every decode step but the first overlaps";
+    }
+  }
+}
+
+TEST_P(OverlappedDecode, StopsMidPipelineAtEosAndStopStrings) {
+  Rig rig(GetParam());
+  const GenerationRequest base = request(180, 24, 3);
+  const GenerationResult full = rig.run(base, false);
+  ASSERT_EQ(full.tokens.size(), 24u);
+
+  GenerationRequest eos = base;  // the 10th token ends it: the step queued after it is dropped
+  eos.ignore_eos = false;
+  eos.eos_token_ids = {full.tokens[9]};
+  const GenerationResult want_eos = rig.run(eos, false);
+  ASSERT_EQ(want_eos.finish_reason, FinishReason::Eos);
+  expect_same(rig.run(eos, true), want_eos);
+
+  GenerationRequest stop = base;  // a stop string inside the text
+  ASSERT_GT(full.text.size(), 12u);
+  stop.stop = {full.text.substr(full.text.size() / 2, 3)};
+  const GenerationResult want_stop = rig.run(stop, false);
+  ASSERT_EQ(want_stop.finish_reason, FinishReason::Stop);
+  expect_same(rig.run(stop, true), want_stop);
+}
+
+INSTANTIATE_TEST_SUITE_P(DenseAndSparse, OverlappedDecode, ::testing::Values(false, true),
+                         [](const auto& p) { return p.param ? "lserve" : "dense"; });
+
+TEST(OverlappedDecode, ModelRefusesMisuse) {
+  Rig rig(false);
+  const AttentionBatch batch;
+  const DeviceSampling greedy;
+  // Fed by a step that was never queued, and collecting none.
+  EXPECT_THROW(rig.model.queue_sampled_after(batch, *rig.cache, std::span<const DeviceSampling>(&greedy, 1)), Error);
+  int32_t token = 0;
+  EXPECT_THROW(rig.model.collect_sampled(&token), Error);
+}
+
+}  // namespace
+}  // namespace lserve
