@@ -66,6 +66,20 @@ else
   status=1
 fi
 
+# ---- overlapped decode steps through the CLI: the same greedy text ----
+if "$build/lserve" generate --device cuda -p "The capital of France is" -n 48 --temperature 0 --overlap-steps \
+     >"$logs/generate_overlap.log" 2>&1 &&
+   "$build/lserve" generate --device cuda -p "The capital of France is" -n 48 --temperature 0 \
+     >"$logs/generate_plain.log" 2>&1 &&
+   cmp -s <(grep -v "\[info\]" "$logs/generate_overlap.log" | grep -v "tokens/s") \
+          <(grep -v "\[info\]" "$logs/generate_plain.log" | grep -v "tokens/s"); then
+  note "lserve generate --device cuda --overlap-steps: the same text ($(grep -Eo 'decode [0-9.]+ tokens/s' "$logs/generate_overlap.log"))"
+else
+  diff <(grep -v "\[info\]" "$logs/generate_overlap.log") <(grep -v "\[info\]" "$logs/generate_plain.log") | head -10
+  note "lserve generate --device cuda --overlap-steps: FAILED or a different text"
+  status=1
+fi
+
 # ---- the default policy on the GPU: a prompt past the prefill window runs lserve ----
 if "$build/lserve" eval --device cuda --task passkey,niah --lengths 12288 --depths 0,0.5,1 --samples 1 --json \
      >"$logs/eval_auto.json" 2>"$logs/eval_auto.log" &&

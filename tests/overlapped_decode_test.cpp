@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "backend/backend.h"
+#include "engine/engine.h"
 #include "engine/generator.h"
 #include "eval/splitmix64.h"
 #include "model/llama_model.h"
@@ -39,7 +40,11 @@ class DrawingCpuBackend final : public Backend {
     return cpu_->prepare_weight(w, keep);
   }
   void begin_step(const AttentionBatch& batch, const AttentionHeads& heads) override {
-    if (!reads_.empty()) ++overlapped;
+    if (!reads_.empty()) {
+      EXPECT_TRUE(overlap_next_) << "a step begun beside an open one without overlap_next_step()";
+      ++overlapped;
+    }
+    overlap_next_ = false;
     reads_.push_back({});
     batch_ = &batch;
     cpu_->begin_step(batch, heads);
@@ -68,6 +73,7 @@ class DrawingCpuBackend final : public Backend {
     }
     cpu_->end_step(batch);
   }
+  void overlap_next_step() override { overlap_next_ = true; }
   bool can_begin_before_end() const override { return true; }
 
   bool samples_on_device() const override { return true; }
@@ -129,6 +135,7 @@ class DrawingCpuBackend final : public Backend {
  private:
   std::unique_ptr<Backend> cpu_ = make_cpu_backend(2);
   std::vector<DeviceSampling> rows_;
+  bool overlap_next_ = false;
   const AttentionBatch* batch_ = nullptr;                   // the newest open step's
   std::deque<std::vector<std::array<int64_t, 2>>> reads_;  // per open step, its sequences' KV reads
 };
@@ -239,6 +246,83 @@ TEST_P(OverlappedDecode, StopsMidPipelineAtEosAndStopStrings) {
 
 INSTANTIATE_TEST_SUITE_P(DenseAndSparse, OverlappedDecode, ::testing::Values(false, true),
                          [](const auto& p) { return p.param ? "lserve" : "dense"; });
+
+// The serving engine, overlapped: requests of different lengths, budgets and samplers finish at
+// different steps (each one past its end is dropped), one ends at an EOS token, one on a stop
+// string, one is aborted mid-decode, and one arrives while the others decode.
+struct EngineRun {
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<std::string> text;
+  std::vector<FinishReason> reasons;
+  int64_t overlapped = 0;
+};
+
+EngineRun run_engine(bool sparse, bool overlap, const std::vector<RequestParams>& requests, int abort_after) {
+  Rig rig(sparse);
+  EngineOptions options;
+  options.overlap_steps = overlap;
+  options.scheduler.max_batched_tokens = 128;  // chunked prefill beside the decodes
+  options.scheduler.max_running = 8;
+  options.prefix_caching = false;  // so that every page is free at the end
+  Engine engine(rig.model, *rig.cache, &rig.tokenizer, rig.sparsity, options);
+  EngineRun out;
+  out.tokens.resize(requests.size());
+  out.text.resize(requests.size());
+  out.reasons.assign(requests.size(), FinishReason::Error);
+  std::vector<uint64_t> ids(requests.size());
+  auto submit = [&](size_t i) {
+    ids[i] = engine.submit(requests[i], [&out, i](RequestOutput&& o) {
+      out.tokens[i].insert(out.tokens[i].end(), o.tokens.begin(), o.tokens.end());
+      out.text[i] += o.text;
+      if (o.finished) out.reasons[i] = o.finish_reason;
+    });
+  };
+  for (size_t i = 0; i + 1 < requests.size(); ++i) submit(i);
+  // Step by step: the last request arrives, and the first is aborted, while the others decode.
+  for (int step = 0; engine.step() || engine.stats().running > 0 || step < 40; ++step) {
+    if (step == 25) submit(requests.size() - 1);
+    if (step == abort_after) engine.abort(ids[0]);
+  }
+  engine.run_until_idle();
+  out.overlapped = rig.backend.overlapped;
+  const EngineStats stats = engine.stats();
+  EXPECT_EQ(stats.retrieval_pages_used + stats.streaming_pages_used, 0) << "pages left in use";
+  EXPECT_EQ(rig.model.queued_steps(), 0u);
+  return out;
+}
+
+TEST_P(OverlappedDecode, EngineServesWhatItServesWithoutOverlap) {
+  std::vector<RequestParams> requests;
+  for (int i = 0; i < 5; ++i) {
+    RequestParams p;
+    const GenerationRequest g = request(60 + 37 * static_cast<size_t>(i), 0, 20 + static_cast<uint32_t>(i));
+    p.prompt = g.prompt;
+    p.max_tokens = i == 0 ? 80 : 12 + 5 * i;
+    p.ignore_eos = true;
+    p.sampling.temperature = i % 2 ? 0.7f : 0.0f;
+    p.sampling.seed = 5 + static_cast<uint64_t>(i);
+    requests.push_back(p);
+  }
+  // Learn an EOS and a stop string from a first run, then end requests 1 and 2 on them.
+  const EngineRun plain0 = run_engine(GetParam(), false, requests, 1 << 30);
+  requests[1].ignore_eos = false;
+  requests[1].eos_token_ids = {plain0.tokens[1][6]};
+  ASSERT_GT(plain0.text[2].size(), 10u);
+  requests[2].stop = {plain0.text[2].substr(plain0.text[2].size() / 2, 2)};
+
+  const EngineRun want = run_engine(GetParam(), false, requests, 30);
+  EXPECT_EQ(want.overlapped, 0);
+  const EngineRun got = run_engine(GetParam(), true, requests, 30);
+  EXPECT_GT(got.overlapped, 10);
+  EXPECT_EQ(want.reasons[0], FinishReason::Abort);
+  EXPECT_EQ(want.reasons[1], FinishReason::Eos);
+  EXPECT_EQ(want.reasons[2], FinishReason::Stop);
+  EXPECT_EQ(got.reasons, want.reasons);
+  for (size_t i = 1; i < requests.size(); ++i) {  // the aborted one may stop a token later or sooner
+    EXPECT_EQ(got.tokens[i], want.tokens[i]) << "request " << i;
+    EXPECT_EQ(got.text[i], want.text[i]) << "request " << i;
+  }
+}
 
 TEST(OverlappedDecode, ModelRefusesMisuse) {
   Rig rig(false);

@@ -12,8 +12,9 @@
 #     at 128K x8 (dense does not fit).
 # Then the plots (bench/cuda/plot_sparse_gpu.py). Everything lands in OUT_DIR (default
 # build-gpu/sparse). PARTS (default kernels,peers,e2e,plots) picks some of those, so that the
-# suite can also run in pieces into the same OUT_DIR; the part dependent-launch (not a default)
-# times the decode path with programmatic dependent launch on and off in one run.
+# suite can also run in pieces into the same OUT_DIR; the parts dependent-launch and overlap (not
+# defaults) time the decode path with programmatic dependent launch, or overlapped decode steps,
+# on and off in one run.
 #
 #   bash bench/cuda/sparse_suite.sh [OUT_DIR] [PARTS, e.g. kernels,peers]
 set -uo pipefail
@@ -82,6 +83,25 @@ if want dependent-launch; then
         grep -v "\[info\]" | tee -a "$out/dependent_launch_$mode.txt" || status=1
     done
   done
+fi
+
+# Overlapped decode steps (--overlap-steps) off and on in one run (not in the default parts):
+# LServe at 256K x1 off, on, off, on (so that drift shows), dense at 256K x1 off and on, and
+# LServe at 128K x8 off and on.
+if want overlap; then
+  echo "== overlapped decode steps off and on ($(elapsed))"
+  e2e_run() {  # POLICY BATCH PROMPT MODE
+    local flag=()
+    [ "$4" = on ] && flag=(--overlap-steps)
+    echo "-- $1 at $3 x$2, overlap $4"
+    timeout 300 build-gpu/lserve bench --device cuda --load-format dummy --model "$config" --attention "$1" \
+      --batch "$2" --prompt-tokens "$3" --decode-tokens 33 --repeats 1 --warmup 1 --warmup-tokens 4096 "${flag[@]}" \
+      --csv "$out/overlap.csv" 2>&1 | grep -v "\[info\]" | tee -a "$out/overlap.txt" || status=1
+  }
+  rm -f "$out/overlap.csv" "$out/overlap.txt"
+  for mode in off on off on; do e2e_run lserve 1 262144 "$mode"; done
+  for mode in off on; do e2e_run dense 1 262144 "$mode"; done
+  for mode in off on; do e2e_run lserve 8 131072 "$mode"; done
 fi
 
 if want plots; then

@@ -122,10 +122,14 @@ class Backend {
   // that counts the KV each sequence read at the end of a step (SequenceKv::kv_tokens_read)
   // adds that step's counts.
   //
-  // Steps may overlap: the next step may begin (begin_step, its uploads, run_step) before the
-  // last one has ended, while can_begin_before_end() says so, so that the host plans a decode
-  // step while the device runs the one before. Steps end in the order they began.
+  //
+  // A begin_step while a step is open (begun, not ended) abandons that one, unless the caller
+  // said overlap_next_step() first: then the new step begins beside it (its uploads and run_step
+  // queued behind the open one's work), so that the host plans a decode step while the device
+  // runs the one before, and each ends by its own end_step, in the order they began. Only while
+  // can_begin_before_end() says so.
   virtual void end_step(const AttentionBatch& batch) { (void)batch; }
+  virtual void overlap_next_step() {}
   // Whether a step may begin now, before the step begun last has ended: false while that
   // step's results feed the next one's plan (page selections the device makes are read back by
   // end_step, and the steps after it plan their reuse from them). The default never overlaps.

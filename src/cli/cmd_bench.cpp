@@ -302,6 +302,7 @@ void run_batched(const BenchOptions& o, LoadedModel& m, CsvOut& csv) {
   eo.scheduler.max_running = static_cast<int32_t>(B);
   eo.scheduler.max_batched_tokens = std::max<int64_t>(chunk, B);
   eo.prefix_caching = false;  // every prompt is new anyway; no hashing on the way
+  eo.overlap_steps = o.model.overlap_steps;
   Engine engine(*m.model, *cache, nullptr, o.model.sparsity, eo);
   spdlog::info("{}", o.model.sparsity.summary());
   std::mt19937 rng(1234);

@@ -119,6 +119,7 @@ void run_serve_bench(ServeBenchOptions o) {
     EngineOptions eo;
     eo.scheduler.max_running = max_concurrency;
     eo.scheduler.max_batched_tokens = o.max_batched_tokens;
+    eo.overlap_steps = o.model.overlap_steps;
     engine = std::make_unique<Engine>(*m->model, *cache, &*m->tokenizer, o.model.sparsity, eo);
     engine->start();
     server::ServerOptions so;

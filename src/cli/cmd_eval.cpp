@@ -153,6 +153,7 @@ void run_eval(EvalOptions& o) {
   eo.scheduler.max_running = static_cast<int32_t>(running);
   eo.max_waiting = static_cast<int64_t>(samples.size());
   eo.prefix_caching = false;  // no two samples share more than the BOS token
+  eo.overlap_steps = o.model.overlap_steps;
   Engine engine(*m.model, *cache, &*m.tokenizer, o.model.sparsity, eo);
   spdlog::info("{}", o.model.sparsity.summary());
 

@@ -72,6 +72,7 @@ void run_serve(ServeOptions o) {
   eo.scheduler.max_running = static_cast<int32_t>(o.max_running);
   eo.max_waiting = o.max_waiting;
   eo.prefix_caching = !o.no_prefix_caching;
+  eo.overlap_steps = o.model.overlap_steps;
   Engine engine(*m.model, *cache, &*m.tokenizer, o.model.sparsity, eo);
   engine.start();
 

@@ -66,6 +66,7 @@ Engine::Engine(LlamaModel& model, KvCache& cache, const Tokenizer* tokenizer, co
 
 Engine::~Engine() {
   stop(false);
+  while (!queued_steps_.empty()) collect_step();
   // Whatever is left is aborted, so every callback hears the end of its request.
   {
     std::lock_guard lock(mutex_);
@@ -152,7 +153,9 @@ void Engine::finish(Sequence& seq, FinishReason reason, std::string error, Reque
     --queued_;
   }
   if (seq.on_output) seq.on_output(std::move(out));
-  sequences_.erase(seq.id);  // `seq` is gone from here on
+  auto it = sequences_.find(seq.id);
+  if (!queued_steps_.empty()) retired_.push_back(std::move(it->second));  // a queued step still holds it
+  sequences_.erase(it);  // `seq` may be gone from here on
 }
 
 void Engine::sample(Sequence& seq, float* logits) {
@@ -218,6 +221,13 @@ bool Engine::step() {
   for (uint64_t id : aborts)
     if (auto it = sequences_.find(id); it != sequences_.end()) finish(*it->second, FinishReason::Abort);
 
+  if (!queued_steps_.empty()) {  // overlapped: queue the next step while this one runs, then read it
+    queue_next_step();
+    collect_step();
+    update_stats();
+    return true;
+  }
+
   const std::vector<ScheduledChunk> chunks = scheduler_.schedule();
   if (chunks.empty()) {
     update_stats();
@@ -242,7 +252,6 @@ bool Engine::step() {
     seq.kv.kv_tokens_read = seq.kv.kv_head_reads = 0;
     if (!c.decoding) prompt_tokens_ += c.num_tokens;
   }
-  const AttentionBatch batch = plan_step(cache_, plan, &sparsity_);
   const int64_t V = model_.config().vocab_size;
   // Tokens are drawn on the device when the backend can, for every request that needs nothing
   // only the host sampler has (penalties over its history, logprobs); those get the logits.
@@ -253,8 +262,22 @@ bool Engine::step() {
   };
   bool host_rows = false;
   for (const Sequence* seq : samplers) host_rows = host_rows || !drawn_on_device(*seq);
+  // A step of decode rows only, each drawing its next token on the device, may be the first of
+  // overlapped steps: queued, and read back after the next one is queued (queue_next_step).
+  bool overlap = options_.overlap_steps && on_device && !host_rows && samplers.size() == chunks.size() &&
+                 model_.backend().can_begin_before_end();
+  for (size_t i = 0; i < chunks.size() && overlap; ++i)
+    overlap = chunks[i].decoding && chunks[i].num_tokens == 1 && logit_rows[i] == static_cast<int32_t>(i);
+  auto queued = std::make_unique<QueuedStep>();
+  queued->batch = plan_step(cache_, plan, &sparsity_);
+  const AttentionBatch& batch = queued->batch;
   try {
-    if (on_device) {
+    if (overlap) {
+      std::vector<DeviceSampling> rows;
+      for (const Sequence* seq : samplers)
+        rows.push_back(device_sampling(seq->params.sampling, static_cast<uint64_t>(seq->num_generated())));
+      model_.queue_sampled(tokens, batch, cache_, logit_rows, rows);
+    } else if (on_device) {
       std::vector<DeviceSampling> rows;
       for (const Sequence* seq : samplers)
         rows.push_back(drawn_on_device(*seq)
@@ -276,7 +299,24 @@ bool Engine::step() {
     return true;
   }
   ++steps_;
+  after_queued(chunks);
+  if (overlap) {
+    queued->rows = samplers;
+    queued_steps_.push_back(std::move(queued));
+    update_stats();
+    return true;
+  }
+  for (size_t i = 0; i < samplers.size(); ++i) {
+    if (drawn_on_device(*samplers[i]))
+      accept(*samplers[i], sampled_[i], std::nullopt);
+    else
+      sample(*samplers[i], logits_.data() + i * static_cast<size_t>(V));
+  }
+  update_stats();
+  return true;
+}
 
+void Engine::after_queued(const std::vector<ScheduledChunk>& chunks) {
   for (const ScheduledChunk& c : chunks) {
     Sequence& seq = *c.seq;
     seq.num_computed += c.num_tokens;
@@ -292,21 +332,79 @@ bool Engine::step() {
     }
     trim_after_step(cache_, seq.kv, seq.num_computed, !seq.prefilling(), sparsity_);
   }
-  for (size_t i = 0; i < samplers.size(); ++i) {
-    if (drawn_on_device(*samplers[i]))
-      accept(*samplers[i], sampled_[i], std::nullopt);
-    else
-      sample(*samplers[i], logits_.data() + i * static_cast<size_t>(V));
+}
+
+bool Engine::queue_next_step() {
+  const QueuedStep& last = *queued_steps_.back();
+  if (!options_.overlap_steps || queued_steps_.size() > 1 || !model_.backend().can_begin_before_end()) return false;
+  {
+    std::lock_guard lock(mutex_);
+    if (!inbox_.empty() || !aborts_.empty()) return false;  // the next step's batch may change
   }
-  update_stats();
+  // The scheduler would plan just these rows again: nothing else runs or waits, and every row's
+  // sequence goes on past the queued step's token (its num_generated() + 1-th).
+  if (!scheduler_.waiting().empty() || scheduler_.running().size() != last.rows.size()) return false;
+  for (const Sequence* seq : last.rows)
+    if (seq->status != SequenceStatus::Running || seq->num_generated() + 1 >= seq->params.max_tokens ||
+        static_cast<int64_t>(seq->tokens.size()) + 1 >= model_.max_context())
+      return false;
+  // Pages for one more token each (a sequence that does not fit is the scheduler's to preempt).
+  for (Sequence* seq : last.rows) {
+    try {
+      cache_.reserve(seq->kv, seq->num_computed + 1);
+    } catch (const KvCacheFull&) {
+      return false;
+    }
+  }
+  auto next = std::make_unique<QueuedStep>();
+  std::vector<ScheduledChunk> chunks;
+  std::vector<StepChunk> plan;
+  std::vector<DeviceSampling> rows;
+  for (Sequence* seq : last.rows) {
+    chunks.push_back({seq, seq->num_computed, 1, true});
+    plan.push_back({&seq->kv, seq->num_computed, 1, true, seq->params.sparsity ? &*seq->params.sparsity : nullptr});
+    rows.push_back(device_sampling(seq->params.sampling, static_cast<uint64_t>(seq->num_generated() + 1)));
+  }
+  next->batch = plan_step(cache_, plan, &sparsity_);
+  next->rows = last.rows;
+  try {
+    model_.queue_sampled_after(next->batch, cache_, rows);
+  } catch (const std::exception& e) {  // the rows go on from the scheduler's next plan
+    spdlog::error("queueing an overlapped step failed: {}", e.what());
+    return false;
+  }
+  ++steps_;
+  after_queued(chunks);
+  queued_steps_.push_back(std::move(next));
   return true;
+}
+
+void Engine::collect_step() {
+  const std::unique_ptr<QueuedStep> step = std::move(queued_steps_.front());
+  queued_steps_.pop_front();
+  sampled_.resize(step->rows.size());
+  try {
+    model_.collect_sampled(sampled_.data());
+    for (size_t i = 0; i < step->rows.size(); ++i)
+      if (step->rows[i]->status != SequenceStatus::Finished)  // else it ended on an earlier token
+        accept(*step->rows[i], sampled_[i], std::nullopt);
+  } catch (const std::exception& e) {
+    spdlog::error("forward step failed: {}", e.what());
+    for (Sequence* seq : step->rows)
+      if (seq->status != SequenceStatus::Finished) finish(*seq, FinishReason::Error, e.what());
+  }
+  if (queued_steps_.empty()) retired_.clear();
+}
+
+bool Engine::busy() const {
+  std::lock_guard lock(mutex_);
+  return !inbox_.empty() || !aborts_.empty() || !scheduler_.idle() || !queued_steps_.empty();
 }
 
 void Engine::run_until_idle() {
   while (true) {
     if (step()) continue;
-    std::lock_guard lock(mutex_);
-    if (inbox_.empty() && aborts_.empty() && scheduler_.idle()) return;
+    if (!busy()) return;
   }
 }
 
@@ -355,8 +453,10 @@ void Engine::loop() {
   while (true) {
     {
       std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || !inbox_.empty() || !aborts_.empty() || !scheduler_.idle(); });
-      const bool idle = inbox_.empty() && aborts_.empty() && scheduler_.idle();
+      wake_.wait(lock, [&] {
+        return stopping_ || !inbox_.empty() || !aborts_.empty() || !scheduler_.idle() || !queued_steps_.empty();
+      });
+      const bool idle = inbox_.empty() && aborts_.empty() && scheduler_.idle() && queued_steps_.empty();
       if (stopping_ && (!draining_ || idle)) return;
     }
     try {

@@ -7,6 +7,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -28,6 +29,12 @@ struct EngineOptions {
   SchedulerOptions scheduler;
   int64_t max_waiting = 1024;  // queued requests beyond which submit() refuses (EngineOverloaded)
   bool prefix_caching = true;
+  // Overlapped decode steps (as Generator::set_overlap_steps): while a step of decode rows runs
+  // on the device, the next one for the same sequences is planned and queued, fed by the tokens
+  // it draws there, before its tokens are read back. Only while nothing waits to be admitted, no
+  // row samples on the host, and the backend can overlap the two steps; a sequence that ends on
+  // the first step's token computes one token past its end, which is dropped.
+  bool overlap_steps = false;
 };
 
 // A snapshot for /metrics and the benchmarks.
@@ -82,6 +89,21 @@ class Engine {
   void accept(Sequence& seq, int32_t token, std::optional<TokenLogprob> logprob);
   void update_stats();
   void loop();
+  bool busy() const;  // requests running or waiting, or steps queued (engine thread)
+
+  // Bookkeeping of a step as soon as it is queued (none of it waits for the step's tokens):
+  // what each sequence has computed, prompt pages indexed, streaming pages released.
+  void after_queued(const std::vector<ScheduledChunk>& chunks);
+  // Overlapped steps: a step of decode rows queued on the device, its tokens not yet read.
+  struct QueuedStep {
+    AttentionBatch batch;
+    std::vector<Sequence*> rows;  // the sequence of each row (its logit row)
+  };
+  // Queues the step after the newest queued one, for the same sequences, when nothing stands
+  // in the way (EngineOptions::overlap_steps); false if it did not.
+  bool queue_next_step();
+  // Reads the oldest queued step's tokens back and takes them (accept).
+  void collect_step();
 
   LlamaModel& model_;
   KvCache& cache_;
@@ -95,6 +117,9 @@ class Engine {
   std::unordered_map<uint64_t, std::unique_ptr<Sequence>> sequences_;
   std::vector<float> logits_;
   std::vector<int32_t> sampled_;  // tokens drawn on the device, one per logit row
+  std::deque<std::unique_ptr<QueuedStep>> queued_steps_;  // oldest first
+  // Sequences finished while a queued step still holds them, kept until it is collected.
+  std::vector<std::unique_ptr<Sequence>> retired_;
   int64_t prompt_tokens_ = 0, generation_tokens_ = 0, steps_ = 0;
 
   // Shared with submitting threads.

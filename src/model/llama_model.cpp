@@ -157,32 +157,54 @@ void LlamaModel::launch(std::span<const int32_t> token_ids, bool ids_from_last, 
   // The last step's tokens are read where it drew them: a reallocated scratch has lost them.
   LSERVE_CHECK(!ids_from_last || queued_.back().scratch_generation == s.generation,
                "the step feeding this one drew its tokens into a scratch since reallocated");
-  const float eps = static_cast<float>(config_.rms_norm_eps);
 
   // Everything the step reads goes to the device first, so that the ops below are launches only
   // and a backend may record them once and replay them (decode steps, as CUDA graphs).
   int64_t full_context_heads = 0;
   for (int64_t l = 0; l < config_.num_layers; ++l)
     full_context_heads = std::max(full_context_heads, cache.heads_in_pool(HeadKind::Retrieval, l));
-  backend_.begin_step(batch, AttentionHeads{static_cast<int32_t>(config_.num_heads),
-                                            static_cast<int32_t>(config_.num_kv_heads),
-                                            static_cast<int32_t>(config_.head_dim),
-                                            static_cast<int32_t>(std::max<int64_t>(full_context_heads, 1)), &cache});
-  Tensor ids = s.ids.rows(0, T), positions = s.positions.rows(0, T);
-  if (ids_from_last)
-    backend_.copy(s.sampled.rows(0, T), ids);
-  else
-    backend_.upload(ids, token_ids.data());
-  backend_.upload(positions, batch.positions.data());
-  if (sampled) backend_.set_sampling(sampling);
   // Rows 0..R-1 in order (every decode step) feed lm_head in place; others are gathered.
   bool identity_rows = true;
   for (int64_t i = 0; i < R; ++i) identity_rows = identity_rows && logit_rows[static_cast<size_t>(i)] == i;
   const bool decode_only = T == batch.num_seqs();
   const StepKey key{static_cast<int32_t>(T), batch.num_seqs(), static_cast<int32_t>(R), sampled,
                     buffers_identity(cache, batch)};
+  if (!queued_.empty()) backend_.overlap_next_step();  // the queued steps stay open
+  backend_.begin_step(batch, AttentionHeads{static_cast<int32_t>(config_.num_heads),
+                                            static_cast<int32_t>(config_.num_kv_heads),
+                                            static_cast<int32_t>(config_.head_dim),
+                                            static_cast<int32_t>(std::max<int64_t>(full_context_heads, 1)), &cache});
 
-  backend_.run_step(key, decode_only && identity_rows, [&] {
+  // A step begun is ended, also when it fails before it is queued whole: the backend's open
+  // steps must match the model's (its end_step's own failure adds nothing to the first error).
+  auto end_failed_step = [&] {
+    try {
+      backend_.end_step(batch);
+    } catch (...) {
+    }
+  };
+  try {
+    Tensor ids = s.ids.rows(0, T), positions = s.positions.rows(0, T);
+    if (ids_from_last)
+      backend_.copy(s.sampled.rows(0, T), ids);
+    else
+      backend_.upload(ids, token_ids.data());
+    backend_.upload(positions, batch.positions.data());
+    if (sampled) backend_.set_sampling(sampling);
+    record_or_replay(key, decode_only && identity_rows, batch, cache, T, R, identity_rows, logit_rows, sampled);
+  } catch (...) {
+    end_failed_step();
+    throw;
+  }
+}
+
+void LlamaModel::record_or_replay(const StepKey& key, bool recordable, const AttentionBatch& batch, KvCache& cache,
+                                  int64_t T, int64_t R, bool identity_rows, std::span<const int32_t> logit_rows,
+                                  bool sampled) {
+  Scratch& s = *scratch_;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  Tensor ids = s.ids.rows(0, T);
+  backend_.run_step(key, recordable, [&] {
     Tensor hidden = s.hidden.rows(0, T), normed = s.normed.rows(0, T);
     backend_.embedding(ids, weights_.embed_tokens, hidden);
     backend_.rms_norm(hidden, weights_.layers[0].input_norm, eps, normed);
@@ -220,16 +242,24 @@ void LlamaModel::run(std::span<const int32_t> token_ids, const AttentionBatch& b
   const bool sampled = tokens != nullptr;
   launch(token_ids, false, batch, cache, logit_rows, sampling, sampled);
   Scratch& s = *scratch_;
-  if (R > 0 && sampled) backend_.download(s.sampled.rows(0, R), tokens);
-  if (R > 0 && logits) {
-    Tensor out = s.logits.rows(0, R);
-    if (out.dtype == DType::F32) {
-      backend_.download(out, logits);
-    } else {
-      std::vector<uint16_t> tmp(static_cast<size_t>(out.numel()));
-      backend_.download(out, tmp.data());
-      convert_to_f32(tmp.data(), out.dtype, logits, tmp.size());
+  try {
+    if (R > 0 && sampled) backend_.download(s.sampled.rows(0, R), tokens);
+    if (R > 0 && logits) {
+      Tensor out = s.logits.rows(0, R);
+      if (out.dtype == DType::F32) {
+        backend_.download(out, logits);
+      } else {
+        std::vector<uint16_t> tmp(static_cast<size_t>(out.numel()));
+        backend_.download(out, tmp.data());
+        convert_to_f32(tmp.data(), out.dtype, logits, tmp.size());
+      }
     }
+  } catch (...) {
+    try {
+      backend_.end_step(batch);
+    } catch (...) {
+    }
+    throw;
   }
   backend_.end_step(batch);
 }

@@ -67,6 +67,9 @@ class LlamaModel {
   // token_ids empty with ids_from_last: the ids are the tokens the last queued step drew.
   void launch(std::span<const int32_t> token_ids, bool ids_from_last, const AttentionBatch& batch, KvCache& cache,
               std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling, bool sampled);
+  // The step's ops, recorded or replayed by the backend (run_step).
+  void record_or_replay(const StepKey& key, bool recordable, const AttentionBatch& batch, KvCache& cache, int64_t T,
+                        int64_t R, bool identity_rows, std::span<const int32_t> logit_rows, bool sampled);
   void run(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
            std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling, float* logits,
            int32_t* tokens);

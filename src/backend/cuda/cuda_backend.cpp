@@ -206,13 +206,17 @@ class CudaBackend final : public Backend {
 
   void begin_step(const AttentionBatch& batch, const AttentionHeads& heads) override {
     const size_t T = static_cast<size_t>(batch.num_tokens()), B = batch.seq_lens.size();
-    if (open_steps_ > 0) {  // the step before has not ended: keep what its end_step needs
+    if (open_steps_ > 0 && overlap_next_) {  // the step before goes on: keep what its end_step needs
       LSERVE_CHECK(can_begin_before_end(), "a step begun before the end of one whose page selections it needs");
       earlier_open_.push_back({std::move(sel_), step_cache_, step_num_heads_, timer_at_});
       timer_at_ ^= 1;  // at most two steps are open
       ++step_stats_.overlapped;
+      ++open_steps_;
+    } else {  // any open step is abandoned (callers that run ops without ending their steps)
+      earlier_open_.clear();
+      open_steps_ = 1;
     }
-    ++open_steps_;
+    overlap_next_ = false;
     start_step_timer(batch);
     LSERVE_CHECK(batch.query_start.size() == B + 1 && batch.page_indptr.size() == B + 1 &&
                      batch.slot_mapping.size() == T && batch.positions.size() == T,
@@ -607,11 +611,11 @@ class CudaBackend final : public Backend {
 
   // Fresh selections back to the sequences, as the host selector leaves them, then what each
   // decoding sequence read (SequenceKv::kv_tokens_read, as the CPU backend counts it).
-  // Steps end in the order they began: the oldest open one ends here.
+  // Steps end in the order they began: the oldest open one ends here (with none open, the last
+  // one begun, again).
   void end_step(const AttentionBatch& batch) override {
     const auto finish = std::chrono::steady_clock::now();
-    LSERVE_CHECK(open_steps_ > 0, "end_step of no open step");
-    --open_steps_;
+    open_steps_ = std::max(open_steps_ - 1, 0);
     if (!earlier_open_.empty()) {  // a step that ends after the next one began
       const OpenStep step = std::move(earlier_open_.front());
       earlier_open_.pop_front();
@@ -628,6 +632,7 @@ class CudaBackend final : public Backend {
 
   // The next step may begin before this one ends unless this one selects pages (the next
   // plans its reuse from the selections end_step reads back), or steps are profiled one by one.
+  void overlap_next_step() override { overlap_next_ = true; }
   bool can_begin_before_end() const override {
     return open_steps_ == 0 || (sel_.fresh.empty() && earlier_open_.empty() && !profile_steps_);
   }
@@ -1150,6 +1155,7 @@ class CudaBackend final : public Backend {
   };
   std::deque<OpenStep> earlier_open_;
   int32_t open_steps_ = 0;
+  bool overlap_next_ = false;  // overlap_next_step() was said for the next begin_step
 
   // queue_download's pinned slots, one per open ticket.
   struct QueuedCopy {

@@ -1,0 +1,177 @@
+// Overlapped decode steps on the GPU (Generator::set_overlap_steps, EngineOptions::overlap_steps):
+// the next step is queued, its token ids copied on the device from the tokens the step before
+// drew, before that step's tokens are read back. It must compute exactly what the plain loop
+// computes (bit-identical tokens, the same KV read), dense and under LServe's policy, whose
+// selecting steps are never overlapped (the next one plans its reuse from their selections) and
+// whose reusing ones are; and the steps must really overlap.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "cuda_test_util.h"
+#include "engine/engine.h"
+#include "engine/generator.h"
+#include "model/weights.h"
+#include "sparse/head_pattern.h"
+
+namespace lserve {
+namespace {
+
+// The trained bundled model under a policy: its profiled head pattern, windows far below the prompt.
+struct Trained {
+  std::filesystem::path dir = test::bundled_model_dirs("head_pattern.txt").back();
+  ModelConfig config = ModelConfig::from_file(dir / "config.json");
+  std::unique_ptr<Backend> backend = make_cuda_backend(CudaBackendOptions{});
+  LlamaModel model{config, load_weights(config, dir, *backend), *backend, 4096};
+  SparsityConfig sparsity;
+  KvCache cache;
+
+  explicit Trained(const SparsityConfig& s)
+      : sparsity(s),
+        cache(config,
+              s.has_streaming_heads() ? HeadPattern::load(dir / "head_pattern.txt")
+                                      : HeadPattern::all_retrieval(config.num_layers, config.num_kv_heads),
+              options(s), *backend) {}
+  static KvCacheOptions options(const SparsityConfig& s) {
+    KvCacheOptions o;
+    o.page_size = s.page_size;
+    o.logical_page_size = s.selects_pages() ? s.logical_page_size : 0;
+    o.retrieval_pages = 1024;
+    o.streaming_pages = s.has_streaming_heads() ? 512 : 0;
+    o.max_sequences = 8;
+    return o;
+  }
+  void expect_no_pages_used() const {
+    EXPECT_EQ(cache.allocator(HeadKind::Retrieval).num_used(), 0) << "retrieval pages leaked";
+    EXPECT_EQ(cache.allocator(HeadKind::Streaming).num_used(), 0) << "streaming pages leaked";
+  }
+};
+
+SparsityConfig dense() {
+  SparsityConfig s;
+  s.page_size = 16;
+  return s;
+}
+
+SparsityConfig lserve(SelectionGranularity granularity, int32_t interval) {
+  SparsityConfig s;
+  s.policy = AttentionPolicy::LServe;
+  s.granularity = granularity;
+  s.page_size = 16;
+  s.logical_page_size = 4;
+  s.token_budget = 64;
+  s.selector_interval = interval;
+  s.prefill_window = {16, 48};
+  s.decode_window = {8, 24};
+  s.validate();
+  return s;
+}
+
+std::vector<int32_t> random_prompt(size_t n, uint32_t seed, int64_t vocab) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> ids(n);
+  for (auto& id : ids) id = static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab));
+  return ids;
+}
+
+struct Case {
+  const char* name;
+  SparsityConfig sparsity;
+};
+std::vector<Case> cases() {
+  return {{"dense", dense()},
+          {"lserve, a selection per KV head, every 2 steps", lserve(SelectionGranularity::KvHead, 2)},
+          {"lserve, a selection per KV head, every 4 steps", lserve(SelectionGranularity::KvHead, 4)},
+          {"lserve, a selection per query head, every 3 steps", lserve(SelectionGranularity::QueryHead, 3)}};
+}
+
+TEST(CudaOverlap, GeneratorComputesWhatThePlainLoopDoes) {
+  LSERVE_SKIP_WITHOUT_GPU();
+  if (test::bundled_model_dirs("head_pattern.txt").empty()) GTEST_SKIP() << "no bundled model with a head pattern";
+  for (const Case& c : cases()) {
+    SCOPED_TRACE(c.name);
+    Trained t(c.sparsity);
+    Generator gen(t.model, t.cache, nullptr, 100, &t.sparsity);
+    for (float temperature : {0.0f, 0.8f}) {
+      GenerationRequest req;
+      req.prompt = random_prompt(700, 3, t.config.vocab_size);
+      req.max_tokens = 40;
+      req.ignore_eos = true;
+      req.sampling.temperature = temperature;
+      req.sampling.top_p = 0.95f;
+      req.sampling.seed = 9;
+      gen.set_overlap_steps(false);
+      const GenerationResult want = gen.run(req, nullptr);
+      gen.set_overlap_steps(true);
+      const int64_t before = cuda_step_stats(*t.backend).overlapped;
+      const GenerationResult got = gen.run(req, nullptr);
+      const int64_t overlapped = cuda_step_stats(*t.backend).overlapped - before;
+      EXPECT_EQ(got.tokens, want.tokens);
+      EXPECT_DOUBLE_EQ(got.mean_kv_tokens_read, want.mean_kv_tokens_read);
+      // Every decode step but the first overlaps, save those after a selecting step.
+      EXPECT_GT(overlapped, c.sparsity.selects_pages() ? 10 : 37);
+      EXPECT_LE(overlapped, 38);
+      std::printf("  %s, temperature %.1f: %lld of 39 decode steps overlapped\n", c.name, temperature,
+                  static_cast<long long>(overlapped));
+
+      // Ended by an EOS token mid-way: the step queued past it is dropped.
+      GenerationRequest eos = req;
+      eos.ignore_eos = false;
+      eos.eos_token_ids = {want.tokens[17]};
+      gen.set_overlap_steps(false);
+      const GenerationResult want_eos = gen.run(eos, nullptr);
+      gen.set_overlap_steps(true);
+      const GenerationResult got_eos = gen.run(eos, nullptr);
+      EXPECT_EQ(got_eos.tokens, want_eos.tokens);
+      EXPECT_EQ(got_eos.finish_reason, FinishReason::Eos);
+      t.expect_no_pages_used();
+    }
+  }
+}
+
+// Requests joining and leaving a batch (so the recorded shapes change), greedy and sampled.
+TEST(CudaOverlap, EngineServesWhatItServesWithoutOverlap) {
+  LSERVE_SKIP_WITHOUT_GPU();
+  if (test::bundled_model_dirs("head_pattern.txt").empty()) GTEST_SKIP() << "no bundled model with a head pattern";
+  for (const Case& c : cases()) {
+    SCOPED_TRACE(c.name);
+    auto run = [&](bool overlap) {
+      Trained t(c.sparsity);
+      EngineOptions options;
+      options.scheduler.max_running = 8;
+      options.prefix_caching = false;
+      options.overlap_steps = overlap;
+      Engine engine(t.model, t.cache, nullptr, t.sparsity, options);
+      std::vector<std::vector<int32_t>> out(7);
+      int finished = 0;
+      for (int i = 0; i < 7; ++i) {
+        RequestParams p;
+        p.prompt = random_prompt(100 + 130 * static_cast<size_t>(i), 40 + static_cast<uint32_t>(i), t.config.vocab_size);
+        p.max_tokens = 20 + 9 * i;
+        p.ignore_eos = true;
+        if (i % 2) {
+          p.sampling.temperature = 0.8f;
+          p.sampling.top_p = 0.9f;
+          p.sampling.seed = 100 + static_cast<uint64_t>(i);
+        }
+        engine.submit(p, [&out, &finished, i](RequestOutput&& o) {
+          out[static_cast<size_t>(i)].insert(out[static_cast<size_t>(i)].end(), o.tokens.begin(), o.tokens.end());
+          finished += o.finished;
+        });
+      }
+      engine.run_until_idle();
+      EXPECT_EQ(finished, 7);
+      t.expect_no_pages_used();
+      return std::make_pair(out, cuda_step_stats(*t.backend).overlapped);
+    };
+    const auto [plain, none] = run(false);
+    const auto [overlapped, count] = run(true);
+    EXPECT_EQ(none, 0);
+    EXPECT_GT(count, 20);
+    for (size_t i = 0; i < plain.size(); ++i) EXPECT_EQ(overlapped[i], plain[i]) << "request " << i;
+    std::printf("  %s: %lld steps overlapped\n", c.name, static_cast<long long>(count));
+  }
+}
+
+}  // namespace
+}  // namespace lserve
