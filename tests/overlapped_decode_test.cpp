@@ -67,6 +67,9 @@ class DrawingCpuBackend final : public Backend {
     const std::vector<std::array<int64_t, 2>> reads = reads_.front();
     reads_.pop_front();
     ASSERT_TRUE(reads.empty() || reads.size() == batch.sequences.size());
+    // A GPU backend writes back into the step's sequences here (selections, read counts): they
+    // must still hold their KV, also when they finished meanwhile.
+    for (const SequenceKv* seq : batch.sequences) EXPECT_GT(seq->num_tokens(), 0) << "a step ended on released KV";
     for (size_t i = 0; i < reads.size(); ++i) {
       batch.sequences[i]->kv_tokens_read += reads[i][0];
       batch.sequences[i]->kv_head_reads += reads[i][1];
@@ -74,6 +77,9 @@ class DrawingCpuBackend final : public Backend {
     cpu_->end_step(batch);
   }
   void overlap_next_step() override { overlap_next_ = true; }
+  void abandon_step() override {
+    if (!reads_.empty()) reads_.pop_back();
+  }
   bool can_begin_before_end() const override { return true; }
 
   bool samples_on_device() const override { return true; }

@@ -130,6 +130,9 @@ class Backend {
   // can_begin_before_end() says so.
   virtual void end_step(const AttentionBatch& batch) { (void)batch; }
   virtual void overlap_next_step() {}
+  // Forgets the newest open step without ending it: one whose work could not be queued whole
+  // (it stores nothing back; a step begun beside it is again the newest).
+  virtual void abandon_step() {}
   // Whether a step may begin now, before the step begun last has ended: false while that
   // step's results feed the next one's plan (page selections the device makes are read back by
   // end_step, and the steps after it plan their reuse from them). The default never overlaps.

@@ -133,6 +133,8 @@ Measurement run_batch(Engine& engine, int64_t n, int64_t batch, int64_t decode_s
       fail("--batch {} at --prompt-tokens {}: the first sequences decode while the others are prefilled, and "
            "{} more decode steps would pass the {}-token context; use shorter prompts or fewer --decode-tokens",
            batch, n, decode_steps, engine.max_context());
+    std::vector<int64_t> generated_before;
+    for (const State& s : state) generated_before.push_back(s.generated);
     if (timer) timer->start();
     const auto t1 = Clock::now();
     for (int64_t i = 0; i < decode_steps; ++i) {
@@ -141,7 +143,11 @@ Measurement run_batch(Engine& engine, int64_t n, int64_t batch, int64_t decode_s
     }
     m.decode_seconds = seconds_since(t1);
     if (timer) timer->stop();
+    // The steps whose tokens came back inside the window: with overlapped steps (--overlap-steps)
+    // the first call only queues its step, and the last leaves one queued.
     m.decode_steps = decode_steps;
+    for (size_t b = 0; b < state.size(); ++b)
+      m.decode_steps = std::min(m.decode_steps, state[b].generated - generated_before[b]);
     if (!all([](const State& s) { return !s.finished; })) fail("a sequence finished inside the timed decode steps");
   }
   if (const int64_t p = engine.stats().preemptions - preempted_before; p > 0)

@@ -66,7 +66,13 @@ Engine::Engine(LlamaModel& model, KvCache& cache, const Tokenizer* tokenizer, co
 
 Engine::~Engine() {
   stop(false);
-  while (!queued_steps_.empty()) collect_step();
+  try {
+    while (!queued_steps_.empty()) collect_step();
+  } catch (const std::exception& e) {  // a callback's: the rest is aborted below
+    spdlog::error("collecting the queued steps: {}", e.what());
+    queued_steps_.clear();
+    release_retired();
+  }
   // Whatever is left is aborted, so every callback hears the end of its request.
   {
     std::lock_guard lock(mutex_);
@@ -145,7 +151,10 @@ void Engine::finish(Sequence& seq, FinishReason reason, std::string error, Reque
   out.prompt_tokens = seq.prompt_len;
   out.completion_tokens = seq.num_generated();
   out.cached_prompt_tokens = seq.cached_prompt_tokens;
-  scheduler_.remove(&seq);
+  // A step still queued holds the sequence: its end writes the sequence's KV state (selections,
+  // read counts), so the sequence and its pages stay until the queue is collected.
+  const bool held = !queued_steps_.empty();
+  scheduler_.remove(&seq, held);
   {
     std::lock_guard lock(mutex_);
     ++stats_.requests_finished[static_cast<int>(reason)];
@@ -154,7 +163,7 @@ void Engine::finish(Sequence& seq, FinishReason reason, std::string error, Reque
   }
   if (seq.on_output) seq.on_output(std::move(out));
   auto it = sequences_.find(seq.id);
-  if (!queued_steps_.empty()) retired_.push_back(std::move(it->second));  // a queued step still holds it
+  if (held) retired_.push_back(std::move(it->second));
   sequences_.erase(it);  // `seq` may be gone from here on
 }
 
@@ -380,20 +389,33 @@ bool Engine::queue_next_step() {
 }
 
 void Engine::collect_step() {
+  // Off the queue as the model takes it off its own; then its rows' tokens are taken. A row's
+  // sequence that ends is kept (retired_) while a later queued step still holds it.
   const std::unique_ptr<QueuedStep> step = std::move(queued_steps_.front());
   queued_steps_.pop_front();
+  struct Release {  // when no queued step holds the retired sequences any more, on any way out
+    Engine& e;
+    ~Release() {
+      if (e.queued_steps_.empty()) e.release_retired();
+    }
+  } release{*this};
   sampled_.resize(step->rows.size());
   try {
     model_.collect_sampled(sampled_.data());
-    for (size_t i = 0; i < step->rows.size(); ++i)
-      if (step->rows[i]->status != SequenceStatus::Finished)  // else it ended on an earlier token
-        accept(*step->rows[i], sampled_[i], std::nullopt);
   } catch (const std::exception& e) {
     spdlog::error("forward step failed: {}", e.what());
     for (Sequence* seq : step->rows)
       if (seq->status != SequenceStatus::Finished) finish(*seq, FinishReason::Error, e.what());
+    return;
   }
-  if (queued_steps_.empty()) retired_.clear();
+  for (size_t i = 0; i < step->rows.size(); ++i)
+    if (step->rows[i]->status != SequenceStatus::Finished)  // else it ended on an earlier token
+      accept(*step->rows[i], sampled_[i], std::nullopt);
+}
+
+void Engine::release_retired() {
+  for (const auto& seq : retired_) cache_.release(seq->kv);
+  retired_.clear();
 }
 
 bool Engine::busy() const {

@@ -104,6 +104,7 @@ class Engine {
   bool queue_next_step();
   // Reads the oldest queued step's tokens back and takes them (accept).
   void collect_step();
+  void release_retired();  // the pages of sequences retired while steps were queued
 
   LlamaModel& model_;
   KvCache& cache_;
@@ -118,7 +119,8 @@ class Engine {
   std::vector<float> logits_;
   std::vector<int32_t> sampled_;  // tokens drawn on the device, one per logit row
   std::deque<std::unique_ptr<QueuedStep>> queued_steps_;  // oldest first
-  // Sequences finished while a queued step still holds them, kept until it is collected.
+  // Sequences finished while a queued step still holds them, kept with their pages until the
+  // queue is collected.
   std::vector<std::unique_ptr<Sequence>> retired_;
   int64_t prompt_tokens_ = 0, generation_tokens_ = 0, steps_ = 0;
 

@@ -129,7 +129,8 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
   // Decode: the step that draws token k takes token k - 1. Overlapped, the step drawing token
   // k + 1 is queued, fed on the device, before token k is read back (set_overlap_steps).
   seq.seq.kv_tokens_read = seq.seq.kv_head_reads = 0;
-  int64_t kv_tokens_read = 0, kv_head_reads = 0;  // of the steps whose tokens were taken
+  int64_t kv_tokens_read = 0, kv_head_reads = 0;  // the counts after the last step taken
+  double kv_read_sum = 0;                         // over the steps taken, of each one's mean
   const bool overlap = overlap_steps_ && on_device;
   std::deque<AttentionBatch> queued;  // the queued steps' batches, oldest first
   QueuedSteps drain{model_, queued};  // whatever is left queued is collected on any way out
@@ -176,7 +177,10 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
            logits.data(), next_draw(i + 1), &drawn);
     }
     ++result.decode_steps;
-    // A backend adds a step's KV reads by its end (a step queued after it may be counted too).
+    // A backend adds a step's KV reads by the time it ends (collected, or run in the plain loop).
+    const int64_t tokens_read = seq.seq.kv_tokens_read - kv_tokens_read;
+    const int64_t head_reads = seq.seq.kv_head_reads - kv_head_reads;
+    if (head_reads) kv_read_sum += static_cast<double>(tokens_read) / static_cast<double>(head_reads);
     kv_tokens_read = seq.seq.kv_tokens_read;
     kv_head_reads = seq.seq.kv_head_reads;
   }
@@ -188,8 +192,7 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
     emit(stops.flush());
   }
   result.decode_seconds = seconds_since(t1);
-  if (kv_head_reads)
-    result.mean_kv_tokens_read = static_cast<double>(kv_tokens_read) / static_cast<double>(kv_head_reads);
+  if (result.decode_steps) result.mean_kv_tokens_read = kv_read_sum / static_cast<double>(result.decode_steps);
   result.kv_bytes = cache_.sequence_bytes(seq.seq);
   result.kv_retrieval_pages = static_cast<int64_t>(seq.seq.retrieval.pages.size());
   return result;

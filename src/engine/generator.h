@@ -58,9 +58,10 @@ class Generator {
   // Overlapped decoding (off by default): while the device runs decode step n, the host plans
   // and queues step n + 1, fed by the token step n draws on the device, and only then reads
   // step n's token back; the device never waits for the host between steps. Needs tokens drawn
-  // on the device; a step after one that selected pages is still planned after it (its reuse
-  // is planned from the selection read back). A request that stops early (EOS, a stop string)
-  // computes one token past its end, which is dropped. Outputs are those of the plain loop.
+  // on the device, and only when the backend can_begin_before_end(). A request that stops early
+  // (EOS, a stop string) computes one token past its end, which is dropped. Tokens, text,
+  // finish reason and KV read are those of the plain loop; the KV held at the end (kv_bytes)
+  // includes the dropped token's, a page more at most.
   void set_overlap_steps(bool on) { overlap_steps_ = on; }
 
   // Teacher-forced logits, for tests and evaluation: prefill `prefill_len` tokens of `tokens`

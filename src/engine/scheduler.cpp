@@ -103,8 +103,8 @@ std::vector<ScheduledChunk> Scheduler::schedule(std::vector<Sequence*>* preempte
   return chunks;
 }
 
-void Scheduler::remove(Sequence* seq) {
-  cache_.release(seq->kv);
+void Scheduler::remove(Sequence* seq, bool keep_pages) {
+  if (!keep_pages) cache_.release(seq->kv);
   if (auto it = std::find(running_.begin(), running_.end(), seq); it != running_.end()) running_.erase(it);
   if (auto it = std::find(waiting_.begin(), waiting_.end(), seq); it != waiting_.end()) waiting_.erase(it);
   seq->status = SequenceStatus::Finished;

@@ -41,8 +41,9 @@ class Scheduler {
   void add(Sequence* seq);  // to the back of the waiting queue
   // The next step's work; `preempted` receives the sequences preempted while planning it.
   std::vector<ScheduledChunk> schedule(std::vector<Sequence*>* preempted = nullptr);
-  // Takes a sequence out (finished or aborted), returning its pages.
-  void remove(Sequence* seq);
+  // Takes a sequence out (finished or aborted), returning its pages unless keep_pages (a step
+  // still queued on the device holds them: the caller releases them once it is collected).
+  void remove(Sequence* seq, bool keep_pages = false);
 
   const std::vector<Sequence*>& running() const { return running_; }
   const std::deque<Sequence*>& waiting() const { return waiting_; }

@@ -111,8 +111,9 @@ void LlamaModel::queue_sampled(std::span<const int32_t> token_ids, const Attenti
                sampling.size(), logit_rows.size());
   LSERVE_CHECK(queued_.empty() || backend_.can_begin_before_end(),
                "a step queued before the last one ended, on a backend that cannot overlap them now");
-  launch(token_ids, false, batch, cache, logit_rows, sampling, true);
   const auto R = static_cast<int64_t>(logit_rows.size());
+  expect_room_to_queue(R);
+  launch(token_ids, false, batch, cache, logit_rows, sampling, true);
   queued_.push_back({&batch, backend_.queue_download(scratch_->sampled.rows(0, R)), R, scratch_->generation});
 }
 
@@ -127,17 +128,34 @@ void LlamaModel::queue_sampled_after(const AttentionBatch& batch, KvCache& cache
                "a step fed by the last one's {} tokens has {} tokens of {} sequences", queued_.back().rows, T,
                batch.num_seqs());
   LSERVE_CHECK(static_cast<int64_t>(sampling.size()) == T, "{} sampling rows for {} logit rows", sampling.size(), T);
+  expect_room_to_queue(T);
   std::vector<int32_t> rows(static_cast<size_t>(T));
   for (int64_t i = 0; i < T; ++i) rows[static_cast<size_t>(i)] = static_cast<int32_t>(i);
   launch({}, true, batch, cache, rows, sampling, true);
   queued_.push_back({&batch, backend_.queue_download(scratch_->sampled.rows(0, T)), T, scratch_->generation});
 }
 
+// Before a step is launched: its tokens' download will be taken (Backend::queue_download).
+void LlamaModel::expect_room_to_queue(int64_t rows) const {
+  LSERVE_CHECK(static_cast<size_t>(rows) * sizeof(int32_t) <= Backend::kMaxQueuedDownloadBytes &&
+                   queued_.size() < Backend::kMaxQueuedDownloads,
+               "{} steps queued, the next of {} rows: more than a backend's queued downloads take", queued_.size(),
+               rows);
+}
+
 void LlamaModel::collect_sampled(int32_t* tokens) {
   LSERVE_CHECK(!queued_.empty(), "collect_sampled with no step queued");
   const QueuedStep step = queued_.front();
   queued_.pop_front();
-  backend_.finish_download(step.tokens_ticket, tokens);
+  try {
+    backend_.finish_download(step.tokens_ticket, tokens);
+  } catch (...) {  // still the oldest open step: ended, so that the next collect ends its own
+    try {
+      backend_.end_step(*step.batch);
+    } catch (...) {
+    }
+    throw;
+  }
   backend_.end_step(*step.batch);
 }
 
@@ -175,14 +193,8 @@ void LlamaModel::launch(std::span<const int32_t> token_ids, bool ids_from_last, 
                                             static_cast<int32_t>(config_.head_dim),
                                             static_cast<int32_t>(std::max<int64_t>(full_context_heads, 1)), &cache});
 
-  // A step begun is ended, also when it fails before it is queued whole: the backend's open
-  // steps must match the model's (its end_step's own failure adds nothing to the first error).
-  auto end_failed_step = [&] {
-    try {
-      backend_.end_step(batch);
-    } catch (...) {
-    }
-  };
+  // A step begun whose work fails to queue is abandoned: the backend's open steps must match the
+  // model's, and what it would store back was never computed.
   try {
     Tensor ids = s.ids.rows(0, T), positions = s.positions.rows(0, T);
     if (ids_from_last)
@@ -193,7 +205,7 @@ void LlamaModel::launch(std::span<const int32_t> token_ids, bool ids_from_last, 
     if (sampled) backend_.set_sampling(sampling);
     record_or_replay(key, decode_only && identity_rows, batch, cache, T, R, identity_rows, logit_rows, sampled);
   } catch (...) {
-    end_failed_step();
+    backend_.abandon_step();
     throw;
   }
 }
@@ -255,10 +267,7 @@ void LlamaModel::run(std::span<const int32_t> token_ids, const AttentionBatch& b
       }
     }
   } catch (...) {
-    try {
-      backend_.end_step(batch);
-    } catch (...) {
-    }
+    backend_.abandon_step();
     throw;
   }
   backend_.end_step(batch);

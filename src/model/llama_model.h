@@ -74,6 +74,7 @@ class LlamaModel {
            std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling, float* logits,
            int32_t* tokens);
   void ensure_scratch(int64_t num_tokens, int64_t num_logit_rows);
+  void expect_room_to_queue(int64_t rows) const;
   // Identifies the buffers a step's ops touch (scratch, the KV pools): part of a recorded step's key.
   uint64_t buffers_identity(const KvCache& cache, const AttentionBatch& batch) const;
   void attention_block(int64_t layer, int64_t T, const AttentionBatch& batch, KvCache& cache);

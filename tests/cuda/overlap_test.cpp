@@ -173,5 +173,54 @@ TEST(CudaOverlap, EngineServesWhatItServesWithoutOverlap) {
   }
 }
 
+// Requests that end mid-pipeline under LServe: on an EOS token (learned from a first run), and
+// aborted while steps are queued, among them the first decode step (which selects afresh). The
+// queued steps' ends write into those sequences: they must be kept, and their pages then freed.
+TEST(CudaOverlap, EngineEndsRequestsMidPipeline) {
+  LSERVE_SKIP_WITHOUT_GPU();
+  if (test::bundled_model_dirs("head_pattern.txt").empty()) GTEST_SKIP() << "no bundled model with a head pattern";
+  Trained t(lserve(SelectionGranularity::KvHead, 3));
+  EngineOptions options;
+  options.scheduler.max_running = 8;
+  options.prefix_caching = false;
+  options.overlap_steps = true;
+  Engine engine(t.model, t.cache, nullptr, t.sparsity, options);
+  auto request = [&](uint32_t seed) {
+    RequestParams p;
+    p.prompt = random_prompt(300, seed, t.config.vocab_size);
+    p.max_tokens = 60;
+    p.ignore_eos = true;
+    return p;
+  };
+  std::vector<int32_t> first;  // the tokens of a request alone, to end a second one on
+  engine.submit(request(1), [&](RequestOutput&& o) { first.insert(first.end(), o.tokens.begin(), o.tokens.end()); });
+  engine.run_until_idle();
+  ASSERT_EQ(first.size(), 60u);
+  for (int eos_at : {3, 4, 5, 6}) {  // every phase of the selector's interval
+    SCOPED_TRACE(eos_at);
+    std::vector<FinishReason> reasons(3, FinishReason::Error);
+    std::vector<uint64_t> ids;
+    for (int i = 0; i < 3; ++i) {
+      RequestParams p = request(i == 0 ? 1 : 10 + static_cast<uint32_t>(i));
+      if (i == 0) {
+        p.ignore_eos = false;
+        p.eos_token_ids = {first[static_cast<size_t>(eos_at)]};
+      }
+      ids.push_back(engine.submit(p, [&reasons, i](RequestOutput&& o) {
+        if (o.finished) reasons[static_cast<size_t>(i)] = o.finish_reason;
+      }));
+    }
+    for (int step = 0; step < 2 * eos_at + 4 && engine.step(); ++step)
+      if (step == eos_at + 1) engine.abort(ids[1]);
+    engine.abort(ids[2]);  // wherever it is
+    engine.run_until_idle();
+    EXPECT_EQ(reasons[1], FinishReason::Abort);
+    EXPECT_EQ(reasons[2], FinishReason::Abort);
+    EXPECT_NE(reasons[0], FinishReason::Error);
+    t.expect_no_pages_used();
+  }
+  EXPECT_GT(cuda_step_stats(*t.backend).overlapped, 0);
+}
+
 }  // namespace
 }  // namespace lserve

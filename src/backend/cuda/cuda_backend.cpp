@@ -204,10 +204,13 @@ class CudaBackend final : public Backend {
     return out;
   }
 
+  // Either the step is open afterwards or, if this throws, nothing changed.
   void begin_step(const AttentionBatch& batch, const AttentionHeads& heads) override {
-    const size_t T = static_cast<size_t>(batch.num_tokens()), B = batch.seq_lens.size();
-    if (open_steps_ > 0 && overlap_next_) {  // the step before goes on: keep what its end_step needs
-      LSERVE_CHECK(can_begin_before_end(), "a step begun before the end of one whose page selections it needs");
+    const bool overlapping = open_steps_ > 0 && overlap_next_;
+    overlap_next_ = false;
+    LSERVE_CHECK(!overlapping || can_begin_before_end(),
+                 "a step begun before the end of one whose page selections it needs");
+    if (overlapping) {  // the step before goes on: keep what its end_step needs
       earlier_open_.push_back({std::move(sel_), step_cache_, step_num_heads_, timer_at_});
       timer_at_ ^= 1;  // at most two steps are open
       ++step_stats_.overlapped;
@@ -216,7 +219,35 @@ class CudaBackend final : public Backend {
       earlier_open_.clear();
       open_steps_ = 1;
     }
-    overlap_next_ = false;
+    try {
+      prepare_step(batch, heads);
+    } catch (...) {
+      abandon_step();
+      throw;
+    }
+  }
+
+  void abandon_step() override {
+    if (open_steps_ == 0) return;
+    --open_steps_;
+    timer().active = false;
+    step_batch_ = nullptr;
+    if (earlier_open_.empty()) {
+      sel_ = StepSelection{};
+      return;
+    }
+    OpenStep& before = earlier_open_.back();  // the newest again
+    sel_ = std::move(before.sel);
+    step_cache_ = before.cache;
+    step_num_heads_ = before.num_heads;
+    timer_at_ = before.timer;
+    earlier_open_.pop_back();
+  }
+
+  // begin_step's work once the step is open: the batch, the selections and the attention plan
+  // to the device.
+  void prepare_step(const AttentionBatch& batch, const AttentionHeads& heads) {
+    const size_t T = static_cast<size_t>(batch.num_tokens()), B = batch.seq_lens.size();
     start_step_timer(batch);
     LSERVE_CHECK(batch.query_start.size() == B + 1 && batch.page_indptr.size() == B + 1 &&
                      batch.slot_mapping.size() == T && batch.positions.size() == T,
@@ -740,6 +771,7 @@ class CudaBackend final : public Backend {
     }
     for (const auto& [b, layer, u, decode_step] : sel.fresh) {
       SequenceKv& seq = *batch.sequences[static_cast<size_t>(b)];
+      if (seq.selections.size() < static_cast<size_t>(L) * static_cast<size_t>(U)) continue;  // released since
       const size_t unit = (static_cast<size_t>(layer) * S + static_cast<size_t>(sel.seq_slot[static_cast<size_t>(b)])) * U +
                           static_cast<size_t>(u);
       const int32_t* list = sel.lists_host.data() + counts + unit * static_cast<size_t>(cap);
