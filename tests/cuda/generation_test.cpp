@@ -14,6 +14,7 @@
 #include "engine/engine.h"
 #include "engine/generator.h"
 #include "fixture_model.h"
+#include "mixed_batch.h"
 #include "model/safetensors.h"
 
 namespace lserve {
@@ -146,26 +147,7 @@ TEST(CudaEngine, GraphsChangeNothingInABatch) {
     EngineOptions options;
     options.scheduler.max_running = 8;
     Engine engine(model, cache, nullptr, dense, options);
-    std::mt19937 rng(5);
-    std::vector<std::vector<int32_t>> out(7);
-    int finished = 0;
-    for (int i = 0; i < 7; ++i) {
-      RequestParams p;
-      for (int k = 0; k < 100 + 130 * i; ++k) p.prompt.push_back(static_cast<int32_t>(rng() % 8000));
-      p.max_tokens = 20 + 9 * i;
-      p.ignore_eos = true;
-      if (i % 2) {
-        p.sampling.temperature = 0.8f;
-        p.sampling.top_p = 0.9f;
-        p.sampling.seed = 100 + static_cast<uint64_t>(i);
-      }
-      engine.submit(p, [&out, &finished, i](RequestOutput&& o) {
-        out[static_cast<size_t>(i)].insert(out[static_cast<size_t>(i)].end(), o.tokens.begin(), o.tokens.end());
-        finished += o.finished;
-      });
-    }
-    engine.run_until_idle();
-    EXPECT_EQ(finished, 7);
+    const auto out = test::serve_mixed_batch(engine, config.vocab_size);
     EXPECT_EQ(cache.allocator().num_used(), 0) << "pages leaked";
     return std::make_pair(out, cuda_step_stats(*backend));
   };

@@ -9,6 +9,7 @@
 #include <random>
 
 #include "cuda_test_util.h"
+#include "mixed_batch.h"
 #include "engine/engine.h"
 #include "engine/generator.h"
 #include "model/weights.h"
@@ -142,25 +143,7 @@ TEST(CudaOverlap, EngineServesWhatItServesWithoutOverlap) {
       options.prefix_caching = false;
       options.overlap_steps = overlap;
       Engine engine(t.model, t.cache, nullptr, t.sparsity, options);
-      std::vector<std::vector<int32_t>> out(7);
-      int finished = 0;
-      for (int i = 0; i < 7; ++i) {
-        RequestParams p;
-        p.prompt = random_prompt(100 + 130 * static_cast<size_t>(i), 40 + static_cast<uint32_t>(i), t.config.vocab_size);
-        p.max_tokens = 20 + 9 * i;
-        p.ignore_eos = true;
-        if (i % 2) {
-          p.sampling.temperature = 0.8f;
-          p.sampling.top_p = 0.9f;
-          p.sampling.seed = 100 + static_cast<uint64_t>(i);
-        }
-        engine.submit(p, [&out, &finished, i](RequestOutput&& o) {
-          out[static_cast<size_t>(i)].insert(out[static_cast<size_t>(i)].end(), o.tokens.begin(), o.tokens.end());
-          finished += o.finished;
-        });
-      }
-      engine.run_until_idle();
-      EXPECT_EQ(finished, 7);
+      const auto out = test::serve_mixed_batch(engine, t.config.vocab_size);
       t.expect_no_pages_used();
       return std::make_pair(out, cuda_step_stats(*t.backend).overlapped);
     };
