@@ -330,6 +330,39 @@ TEST_P(OverlappedDecode, EngineServesWhatItServesWithoutOverlap) {
   }
 }
 
+// Requests that end by length at different steps: the step after one's last token leaves it out
+// (its tokens gathered from the rows that go on), so every decode step but the first overlaps.
+TEST_P(OverlappedDecode, EngineGoesOnPastRequestsEndingByLength) {
+  Rig rig(GetParam());
+  EngineOptions options;
+  options.overlap_steps = true;
+  options.prefix_caching = false;
+  Engine engine(rig.model, *rig.cache, &rig.tokenizer, rig.sparsity, options);
+  std::vector<std::vector<int32_t>> got(3);
+  std::vector<RequestParams> requests;
+  for (int i = 0; i < 3; ++i) {
+    RequestParams p;
+    p.prompt = request(100, 0, 50 + static_cast<uint32_t>(i)).prompt;
+    p.max_tokens = 10 * (i + 1);
+    p.ignore_eos = true;
+    requests.push_back(p);
+    engine.submit(p, [&got, i](RequestOutput&& o) {
+      got[static_cast<size_t>(i)].insert(got[static_cast<size_t>(i)].end(), o.tokens.begin(), o.tokens.end());
+    });
+  }
+  engine.run_until_idle();
+  // One prefill step draws every first token; the steps drawing tokens 3..30 of the longest
+  // are queued beside the one before.
+  EXPECT_EQ(rig.backend.overlapped, 28);
+  EXPECT_EQ(rig.cache->allocator(HeadKind::Retrieval).num_used(), 0);
+  EXPECT_EQ(rig.cache->allocator(HeadKind::Streaming).num_used(), 0);
+  const EngineRun want = run_engine(GetParam(), false, requests, 1 << 30);
+  for (size_t i = 0; i < 3; ++i) {
+    ASSERT_EQ(got[i].size(), static_cast<size_t>(10 * (i + 1)));
+    EXPECT_EQ(got[i], want.tokens[i]) << "request " << i;
+  }
+}
+
 TEST(OverlappedDecode, ModelRefusesMisuse) {
   Rig rig(false);
   const AttentionBatch batch;

@@ -350,17 +350,25 @@ bool Engine::queue_next_step() {
     std::lock_guard lock(mutex_);
     if (!inbox_.empty() || !aborts_.empty()) return false;  // the next step's batch may change
   }
-  // The scheduler would plan just these rows again: nothing else runs or waits, and every row's
-  // sequence goes on past the queued step's token (its num_generated() + 1-th).
-  if (!scheduler_.waiting().empty() || scheduler_.running().size() != last.rows.size()) return false;
-  for (const Sequence* seq : last.rows)
-    if (seq->status != SequenceStatus::Running || seq->num_generated() + 1 >= seq->params.max_tokens ||
-        static_cast<int64_t>(seq->tokens.size()) + 1 >= model_.max_context())
-      return false;
+  // The scheduler would plan these rows again: nothing waits, every running sequence is a row of
+  // the queued step, and the next step takes those that go on past its token (their
+  // num_generated() + 1-th): not the ones it ends by length, nor the ones already ended.
+  if (!scheduler_.waiting().empty()) return false;
+  std::vector<int32_t> from;  // the rows of `last` that go on
+  size_t running = 0;
+  for (size_t i = 0; i < last.rows.size(); ++i) {
+    const Sequence& seq = *last.rows[i];
+    if (seq.status != SequenceStatus::Running) continue;
+    ++running;
+    if (seq.num_generated() + 1 < seq.params.max_tokens &&
+        static_cast<int64_t>(seq.tokens.size()) + 1 < model_.max_context())
+      from.push_back(static_cast<int32_t>(i));
+  }
+  if (running != scheduler_.running().size() || from.empty()) return false;
   // Pages for one more token each (a sequence that does not fit is the scheduler's to preempt).
-  for (Sequence* seq : last.rows) {
+  for (int32_t i : from) {
     try {
-      cache_.reserve(seq->kv, seq->num_computed + 1);
+      cache_.reserve(last.rows[static_cast<size_t>(i)]->kv, last.rows[static_cast<size_t>(i)]->num_computed + 1);
     } catch (const KvCacheFull&) {
       return false;
     }
@@ -369,15 +377,17 @@ bool Engine::queue_next_step() {
   std::vector<ScheduledChunk> chunks;
   std::vector<StepChunk> plan;
   std::vector<DeviceSampling> rows;
-  for (Sequence* seq : last.rows) {
+  for (int32_t i : from) {
+    Sequence* seq = last.rows[static_cast<size_t>(i)];
     chunks.push_back({seq, seq->num_computed, 1, true});
     plan.push_back({&seq->kv, seq->num_computed, 1, true, seq->params.sparsity ? &*seq->params.sparsity : nullptr});
     rows.push_back(device_sampling(seq->params.sampling, static_cast<uint64_t>(seq->num_generated() + 1)));
+    next->rows.push_back(seq);
   }
   next->batch = plan_step(cache_, plan, &sparsity_);
-  next->rows = last.rows;
+  if (from.size() == last.rows.size()) from.clear();  // every row, in order: copied, not gathered
   try {
-    model_.queue_sampled_after(next->batch, cache_, rows);
+    model_.queue_sampled_after(next->batch, cache_, rows, from);
   } catch (const std::exception& e) {  // the rows go on from the scheduler's next plan
     spdlog::error("queueing an overlapped step failed: {}", e.what());
     return false;

@@ -30,10 +30,11 @@ struct EngineOptions {
   int64_t max_waiting = 1024;  // queued requests beyond which submit() refuses (EngineOverloaded)
   bool prefix_caching = true;
   // Overlapped decode steps (as Generator::set_overlap_steps): while a step of decode rows runs
-  // on the device, the next one for the same sequences is planned and queued, fed by the tokens
-  // it draws there, before its tokens are read back. Only while nothing waits to be admitted, no
-  // row samples on the host, and the backend can overlap the two steps; a sequence that ends on
-  // the first step's token computes one token past its end, which is dropped.
+  // on the device, the next one for the sequences that go on is planned and queued, fed by the
+  // tokens it draws there, before its tokens are read back. Only while nothing waits to be
+  // admitted, no row samples on the host, and the backend can overlap the two steps; a sequence
+  // that ends on the first step's token by EOS or a stop string computes one token past its end,
+  // which is dropped (one that ends by length is left out of the next step).
   bool overlap_steps = false;
 };
 
@@ -99,8 +100,8 @@ class Engine {
     AttentionBatch batch;
     std::vector<Sequence*> rows;  // the sequence of each row (its logit row)
   };
-  // Queues the step after the newest queued one, for the same sequences, when nothing stands
-  // in the way (EngineOptions::overlap_steps); false if it did not.
+  // Queues the step after the newest queued one, for those of its sequences that go on, when
+  // nothing stands in the way (EngineOptions::overlap_steps); false if it did not.
   bool queue_next_step();
   // Reads the oldest queued step's tokens back and takes them (accept).
   void collect_step();

@@ -113,25 +113,26 @@ void LlamaModel::queue_sampled(std::span<const int32_t> token_ids, const Attenti
                "a step queued before the last one ended, on a backend that cannot overlap them now");
   const auto R = static_cast<int64_t>(logit_rows.size());
   expect_room_to_queue(R);
-  launch(token_ids, false, batch, cache, logit_rows, sampling, true);
+  launch(token_ids, false, {}, batch, cache, logit_rows, sampling, true);
   queued_.push_back({&batch, backend_.queue_download(scratch_->sampled.rows(0, R)), R, scratch_->generation});
 }
 
 void LlamaModel::queue_sampled_after(const AttentionBatch& batch, KvCache& cache,
-                                     std::span<const DeviceSampling> sampling) {
+                                     std::span<const DeviceSampling> sampling, std::span<const int32_t> from_rows) {
   LSERVE_CHECK(backend_.samples_on_device(), "the {} backend cannot sample", backend_.name());
   LSERVE_CHECK(!queued_.empty(), "queue_sampled_after with no step queued before it");
   LSERVE_CHECK(backend_.can_begin_before_end(), "a step queued before the last one ended, on a backend that cannot "
                                                 "overlap them now");
-  const int64_t T = batch.num_tokens();
-  LSERVE_CHECK(T == queued_.back().rows && T == batch.num_seqs(),
-               "a step fed by the last one's {} tokens has {} tokens of {} sequences", queued_.back().rows, T,
-               batch.num_seqs());
+  const int64_t T = batch.num_tokens(), last_rows = queued_.back().rows;
+  LSERVE_CHECK(T == batch.num_seqs() && (from_rows.empty() ? T == last_rows : T == static_cast<int64_t>(from_rows.size())),
+               "a step fed by the last one's {} tokens ({} picked) has {} tokens of {} sequences", last_rows,
+               from_rows.size(), T, batch.num_seqs());
+  for (int32_t r : from_rows) LSERVE_CHECK(r >= 0 && r < last_rows, "row {} of the last step's {}", r, last_rows);
   LSERVE_CHECK(static_cast<int64_t>(sampling.size()) == T, "{} sampling rows for {} logit rows", sampling.size(), T);
   expect_room_to_queue(T);
   std::vector<int32_t> rows(static_cast<size_t>(T));
   for (int64_t i = 0; i < T; ++i) rows[static_cast<size_t>(i)] = static_cast<int32_t>(i);
-  launch({}, true, batch, cache, rows, sampling, true);
+  launch({}, true, from_rows, batch, cache, rows, sampling, true);
   queued_.push_back({&batch, backend_.queue_download(scratch_->sampled.rows(0, T)), T, scratch_->generation});
 }
 
@@ -159,9 +160,9 @@ void LlamaModel::collect_sampled(int32_t* tokens) {
   backend_.end_step(*step.batch);
 }
 
-void LlamaModel::launch(std::span<const int32_t> token_ids, bool ids_from_last, const AttentionBatch& batch,
-                        KvCache& cache, std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling,
-                        bool sampled) {
+void LlamaModel::launch(std::span<const int32_t> token_ids, bool ids_from_last, std::span<const int32_t> from_rows,
+                        const AttentionBatch& batch, KvCache& cache, std::span<const int32_t> logit_rows,
+                        std::span<const DeviceSampling> sampling, bool sampled) {
   const int64_t T = batch.num_tokens();
   const int64_t R = static_cast<int64_t>(logit_rows.size());
   LSERVE_CHECK((ids_from_last || T == static_cast<int64_t>(token_ids.size())) &&
@@ -197,8 +198,10 @@ void LlamaModel::launch(std::span<const int32_t> token_ids, bool ids_from_last, 
   // model's, and what it would store back was never computed.
   try {
     Tensor ids = s.ids.rows(0, T), positions = s.positions.rows(0, T);
-    if (ids_from_last)
+    if (ids_from_last && from_rows.empty())
       backend_.copy(s.sampled.rows(0, T), ids);
+    else if (ids_from_last)
+      backend_.gather_rows(s.sampled.rows(0, queued_.back().rows), from_rows, ids);
     else
       backend_.upload(ids, token_ids.data());
     backend_.upload(positions, batch.positions.data());
@@ -252,7 +255,7 @@ void LlamaModel::run(std::span<const int32_t> token_ids, const AttentionBatch& b
   if (token_ids.empty()) return;
   const int64_t R = static_cast<int64_t>(logit_rows.size());
   const bool sampled = tokens != nullptr;
-  launch(token_ids, false, batch, cache, logit_rows, sampling, sampled);
+  launch(token_ids, false, {}, batch, cache, logit_rows, sampling, sampled);
   Scratch& s = *scratch_;
   try {
     if (R > 0 && sampled) backend_.download(s.sampled.rows(0, R), tokens);

@@ -51,12 +51,14 @@ class LlamaModel {
   // waiting for its tokens, which collect_sampled returns later (steps are collected in the
   // order they were queued). Meanwhile the host may plan and queue the next step, when the
   // backend can_begin_before_end(): queue_sampled_after queues a step whose row i's token is the
-  // one the step queued last drew for its logit row i, so that tokens need not pass through the
-  // host between steps (its logit rows are its rows, in order). A queued step's batch must stay
-  // alive and unchanged until it is collected; forward() and forward_sampled() need none queued.
+  // one the step queued last drew for its logit row from_rows[i] (i itself when from_rows is
+  // empty), so that tokens need not pass through the host between steps (its logit rows are its
+  // rows, in order). A queued step's batch must stay alive and unchanged until it is collected;
+  // forward() and forward_sampled() need none queued.
   void queue_sampled(std::span<const int32_t> token_ids, const AttentionBatch& batch, KvCache& cache,
                      std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling);
-  void queue_sampled_after(const AttentionBatch& batch, KvCache& cache, std::span<const DeviceSampling> sampling);
+  void queue_sampled_after(const AttentionBatch& batch, KvCache& cache, std::span<const DeviceSampling> sampling,
+                           std::span<const int32_t> from_rows = {});
   // The tokens of the oldest queued step (one per logit row), once its work is done; ends it.
   void collect_sampled(int32_t* tokens);
   size_t queued_steps() const { return queued_.size(); }
@@ -64,9 +66,11 @@ class LlamaModel {
  private:
   struct Scratch;
   // Everything of a step up to its last launch: uploads, then the recorded or replayed ops.
-  // token_ids empty with ids_from_last: the ids are the tokens the last queued step drew.
-  void launch(std::span<const int32_t> token_ids, bool ids_from_last, const AttentionBatch& batch, KvCache& cache,
-              std::span<const int32_t> logit_rows, std::span<const DeviceSampling> sampling, bool sampled);
+  // With ids_from_last, the ids are tokens the last queued step drew: those of its logit rows
+  // from_rows (all of them, in order, when empty); else token_ids.
+  void launch(std::span<const int32_t> token_ids, bool ids_from_last, std::span<const int32_t> from_rows,
+              const AttentionBatch& batch, KvCache& cache, std::span<const int32_t> logit_rows,
+              std::span<const DeviceSampling> sampling, bool sampled);
   // The step's ops, recorded or replayed by the backend (run_step).
   void record_or_replay(const StepKey& key, bool recordable, const AttentionBatch& batch, KvCache& cache, int64_t T,
                         int64_t R, bool identity_rows, std::span<const int32_t> logit_rows, bool sampled);
