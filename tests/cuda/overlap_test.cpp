@@ -150,7 +150,10 @@ TEST(CudaOverlap, EngineServesWhatItServesWithoutOverlap) {
     const auto [plain, none] = run(false);
     const auto [overlapped, count] = run(true);
     EXPECT_EQ(none, 0);
-    EXPECT_GT(count, 20);
+    // Under LServe a step after one in which any sequence selected is not overlapped (its reuse
+    // is planned from those selections, read back): with the sequences selecting out of phase,
+    // that can be most steps.
+    if (!c.sparsity.selects_pages()) EXPECT_GT(count, 20);
     for (size_t i = 0; i < plain.size(); ++i) EXPECT_EQ(overlapped[i], plain[i]) << "request " << i;
     std::printf("  %s: %lld steps overlapped\n", c.name, static_cast<long long>(count));
   }
