@@ -330,15 +330,10 @@ TEST_P(OverlappedDecode, EngineServesWhatItServesWithoutOverlap) {
   }
 }
 
-// Requests that end by length at different steps: the step after one's last token leaves it out
-// (its tokens gathered from the rows that go on), so every decode step but the first overlaps.
-TEST_P(OverlappedDecode, EngineGoesOnPastRequestsEndingByLength) {
-  Rig rig(GetParam());
-  EngineOptions options;
-  options.overlap_steps = true;
-  options.prefix_caching = false;
-  Engine engine(rig.model, *rig.cache, &rig.tokenizer, rig.sparsity, options);
-  std::vector<std::vector<int32_t>> got(3);
+// Requests that end at different steps, by length (the step after one's last token leaves it
+// out, its tokens gathered from the rows that go on) or on an EOS token (the step queued past it
+// drops its row, and the one after leaves it out): every decode step but the first overlaps.
+TEST_P(OverlappedDecode, EngineGoesOnPastRequestsThatEnd) {
   std::vector<RequestParams> requests;
   for (int i = 0; i < 3; ++i) {
     RequestParams p;
@@ -346,21 +341,48 @@ TEST_P(OverlappedDecode, EngineGoesOnPastRequestsEndingByLength) {
     p.max_tokens = 10 * (i + 1);
     p.ignore_eos = true;
     requests.push_back(p);
-    engine.submit(p, [&got, i](RequestOutput&& o) {
-      got[static_cast<size_t>(i)].insert(got[static_cast<size_t>(i)].end(), o.tokens.begin(), o.tokens.end());
-    });
   }
-  engine.run_until_idle();
+  auto run = [&](const std::vector<RequestParams>& rs, int64_t* overlapped) {
+    Rig rig(GetParam());
+    EngineOptions options;
+    options.overlap_steps = true;
+    options.prefix_caching = false;
+    Engine engine(rig.model, *rig.cache, &rig.tokenizer, rig.sparsity, options);
+    std::vector<std::vector<int32_t>> got(rs.size());
+    for (size_t i = 0; i < rs.size(); ++i)
+      engine.submit(rs[i], [&got, i](RequestOutput&& o) { got[i].insert(got[i].end(), o.tokens.begin(), o.tokens.end()); });
+    engine.run_until_idle();
+    EXPECT_EQ(rig.cache->allocator(HeadKind::Retrieval).num_used(), 0);
+    EXPECT_EQ(rig.cache->allocator(HeadKind::Streaming).num_used(), 0);
+    *overlapped = rig.backend.overlapped;
+    return got;
+  };
+  int64_t overlapped = 0;
+  const auto got = run(requests, &overlapped);
   // One prefill step draws every first token; the steps drawing tokens 3..30 of the longest
   // are queued beside the one before.
-  EXPECT_EQ(rig.backend.overlapped, 28);
-  EXPECT_EQ(rig.cache->allocator(HeadKind::Retrieval).num_used(), 0);
-  EXPECT_EQ(rig.cache->allocator(HeadKind::Streaming).num_used(), 0);
+  EXPECT_EQ(overlapped, 28);
   const EngineRun want = run_engine(GetParam(), false, requests, 1 << 30);
   for (size_t i = 0; i < 3; ++i) {
     ASSERT_EQ(got[i].size(), static_cast<size_t>(10 * (i + 1)));
     EXPECT_EQ(got[i], want.tokens[i]) << "request " << i;
   }
+  // The longest ends early instead, on an EOS: the last of its tokens that no earlier one is.
+  size_t at = 0;
+  for (size_t i = 0; i < got[2].size(); ++i)
+    if (std::find(got[2].begin(), got[2].begin() + static_cast<std::ptrdiff_t>(i), got[2][i]) ==
+        got[2].begin() + static_cast<std::ptrdiff_t>(i))
+      at = i;
+  ASSERT_GE(at, 1u) << "no token to end on after a decode step";
+  requests[2].ignore_eos = false;
+  requests[2].eos_token_ids = {got[2][at]};
+  const auto ended = run(requests, &overlapped);
+  EXPECT_EQ(ended[2], std::vector<int32_t>(got[2].begin(), got[2].begin() + static_cast<std::ptrdiff_t>(at)));
+  EXPECT_EQ(ended[1], got[1]);
+  EXPECT_EQ(ended[0], got[0]);
+  // Step k draws token k (0-based): the second request draws up to 19, the third up to `at` (the
+  // EOS) and one step past it; all but the first decode step overlap.
+  EXPECT_EQ(overlapped, static_cast<int64_t>(std::max<size_t>(19, at + 1)) - 1);
 }
 
 TEST(OverlappedDecode, ModelRefusesMisuse) {
