@@ -136,13 +136,18 @@ GenerationResult Generator::run(const GenerationRequest& req, const std::functio
   QueuedSteps drain{model_, queued};  // whatever is left queued is collected on any way out
   const int32_t row0 = 0;
   auto queue_decode = [&](const int32_t* host_token, int64_t k) {
-    queued.push_back(plan(seq.seq, 1, true));
+    queued.push_back(plan(seq.seq, 1, true));  // where the model will read it until it is collected
     const DeviceSampling d = device_sampling(req.sampling, static_cast<uint64_t>(k));
-    if (host_token)
-      model_.queue_sampled(std::span<const int32_t>(host_token, 1), queued.back(), cache_,
-                           std::span<const int32_t>(&row0, 1), std::span<const DeviceSampling>(&d, 1));
-    else
-      model_.queue_sampled_after(queued.back(), cache_, std::span<const DeviceSampling>(&d, 1));
+    try {
+      if (host_token)
+        model_.queue_sampled(std::span<const int32_t>(host_token, 1), queued.back(), cache_,
+                             std::span<const int32_t>(&row0, 1), std::span<const DeviceSampling>(&d, 1));
+      else
+        model_.queue_sampled_after(queued.back(), cache_, std::span<const DeviceSampling>(&d, 1));
+    } catch (...) {
+      queued.pop_back();  // never queued
+      throw;
+    }
     after_step(seq.seq, true, true);
   };
 
