@@ -385,6 +385,28 @@ TEST_P(OverlappedDecode, EngineGoesOnPastRequestsThatEnd) {
   EXPECT_EQ(overlapped, static_cast<int64_t>(std::max<size_t>(19, at + 1)) - 1);
 }
 
+// Queued downloads (the default, which copies at once): bytes as they were when queued,
+// finished in order, at most kMaxQueuedDownloads open, none larger than the limit.
+TEST(OverlappedDecode, QueuedDownloadsKeepTheirBytesAndOrder) {
+  auto cpu = make_cpu_backend(1);
+  std::vector<int32_t> device(4, 7);
+  const Tensor t{device.data(), DType::I32, Shape{4}, Device::Cpu};
+  const uint64_t a = cpu->queue_download(t);
+  device.assign(4, 9);  // later work overwrites the source
+  const uint64_t b = cpu->queue_download(t);
+  std::vector<int32_t> got(4);
+  EXPECT_THROW(cpu->finish_download(b, got.data()), Error) << "finished out of order";
+  cpu->finish_download(a, got.data());
+  EXPECT_EQ(got, std::vector<int32_t>(4, 7));
+  cpu->finish_download(b, got.data());
+  EXPECT_EQ(got, std::vector<int32_t>(4, 9));
+  for (size_t i = 0; i < Backend::kMaxQueuedDownloads; ++i) cpu->queue_download(t);
+  EXPECT_THROW(cpu->queue_download(t), Error) << "more open than the limit";
+  std::vector<char> big(Backend::kMaxQueuedDownloadBytes + 1);
+  const Tensor huge{big.data(), DType::U8, Shape{static_cast<int64_t>(big.size())}, Device::Cpu};
+  EXPECT_THROW(cpu->queue_download(huge), Error);
+}
+
 TEST(OverlappedDecode, ModelRefusesMisuse) {
   Rig rig(false);
   const AttentionBatch batch;
