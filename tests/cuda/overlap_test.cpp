@@ -153,7 +153,9 @@ TEST(CudaOverlap, EngineServesWhatItServesWithoutOverlap) {
     // Under LServe a step after one in which any sequence selected is not overlapped (its reuse
     // is planned from those selections, read back): with the sequences selecting out of phase,
     // that can be most steps.
-    if (!c.sparsity.selects_pages()) EXPECT_GT(count, 20);
+    if (!c.sparsity.selects_pages()) {
+      EXPECT_GT(count, 20);
+    }
     for (size_t i = 0; i < plain.size(); ++i) EXPECT_EQ(overlapped[i], plain[i]) << "request " << i;
     std::printf("  %s: %lld steps overlapped\n", c.name, static_cast<long long>(count));
   }
