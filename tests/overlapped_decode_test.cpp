@@ -385,6 +385,95 @@ TEST_P(OverlappedDecode, EngineGoesOnPastRequestsThatEnd) {
   EXPECT_EQ(overlapped, static_cast<int64_t>(std::max<size_t>(19, at + 1)) - 1);
 }
 
+// Random traffic: requests of random lengths and budgets arriving at random steps, greedy or
+// sampled, some ending on an EOS token or a stop string, some aborted at a random step. Every
+// request that is not aborted gets the same tokens, text and finish reason as without overlap,
+// and no page is left in use at the end. (Overlap admits an arrival a step later, so batches
+// differ: the CPU's kernels are batch-invariant, and draws depend on the request alone.)
+TEST_P(OverlappedDecode, RandomTrafficServesWhatItServesWithoutOverlap) {
+  std::mt19937 rng(GetParam() ? 31 : 17);
+  struct Arrival {
+    RequestParams params;
+    int step;        // the engine step it arrives at
+    int abort_step;  // the step it is aborted at, or -1
+  };
+  std::vector<Arrival> traffic;
+  for (int i = 0; i < 14; ++i) {
+    Arrival a;
+    a.params.prompt = request(20 + rng() % 180, 0, 100 + static_cast<uint32_t>(i)).prompt;
+    a.params.max_tokens = 1 + static_cast<int64_t>(rng() % 40);
+    a.params.ignore_eos = true;
+    if (rng() % 3 == 0) {
+      a.params.sampling.temperature = 0.8f;
+      a.params.sampling.seed = rng();
+    }
+    a.step = static_cast<int>(rng() % 60);
+    a.abort_step = rng() % 5 == 0 ? a.step + static_cast<int>(rng() % 30) : -1;
+    traffic.push_back(a);
+  }
+  struct Served {
+    std::vector<std::vector<int32_t>> tokens;
+    std::vector<std::string> text;
+    std::vector<FinishReason> reasons;
+  };
+  auto serve = [&](bool overlap) {
+    Rig rig(GetParam());
+    EngineOptions options;
+    options.overlap_steps = overlap;
+    options.scheduler.max_batched_tokens = 96;
+    options.scheduler.max_running = 6;
+    options.prefix_caching = false;
+    Engine engine(rig.model, *rig.cache, &rig.tokenizer, rig.sparsity, options);
+    Served out;
+    out.tokens.resize(traffic.size());
+    out.text.resize(traffic.size());
+    out.reasons.assign(traffic.size(), FinishReason::Error);
+    std::vector<uint64_t> ids(traffic.size());
+    for (int step = 0; step < 400; ++step) {
+      for (size_t i = 0; i < traffic.size(); ++i) {
+        if (traffic[i].step == step)
+          ids[i] = engine.submit(traffic[i].params, [&out, i](RequestOutput&& o) {
+            out.tokens[i].insert(out.tokens[i].end(), o.tokens.begin(), o.tokens.end());
+            out.text[i] += o.text;
+            if (o.finished) out.reasons[i] = o.finish_reason;
+          });
+        if (traffic[i].abort_step == step) engine.abort(ids[i]);
+      }
+      engine.step();
+    }
+    engine.run_until_idle();
+    EXPECT_EQ(rig.cache->allocator(HeadKind::Retrieval).num_used(), 0) << "retrieval pages left in use";
+    EXPECT_EQ(rig.cache->allocator(HeadKind::Streaming).num_used(), 0) << "streaming pages left in use";
+    EXPECT_EQ(rig.model.queued_steps(), 0u);
+    if (overlap) {
+      EXPECT_GT(rig.backend.overlapped, 20);
+    }
+    return out;
+  };
+  // EOS tokens and stop strings learned from a first run.
+  const Served first = serve(false);
+  for (size_t i = 0; i < traffic.size(); ++i) {
+    const auto& t = first.tokens[i];
+    if (t.size() > 4 && i % 3 == 1) {
+      traffic[i].params.ignore_eos = false;
+      traffic[i].params.eos_token_ids = {t[t.size() / 2]};
+    } else if (first.text[i].size() > 8 && i % 3 == 2) {
+      traffic[i].params.stop = {first.text[i].substr(first.text[i].size() / 2, 2)};
+    }
+  }
+  const Served want = serve(false);
+  const Served got = serve(true);
+  int compared = 0;
+  for (size_t i = 0; i < traffic.size(); ++i) {
+    if (traffic[i].abort_step >= 0) continue;  // where an abort lands is a matter of timing
+    ++compared;
+    EXPECT_EQ(got.tokens[i], want.tokens[i]) << "request " << i;
+    EXPECT_EQ(got.text[i], want.text[i]) << "request " << i;
+    EXPECT_EQ(got.reasons[i], want.reasons[i]) << "request " << i;
+  }
+  EXPECT_GT(compared, 8);
+}
+
 // Queued downloads (the default, which copies at once): bytes as they were when queued,
 // finished in order, at most kMaxQueuedDownloads open, none larger than the limit.
 TEST(OverlappedDecode, QueuedDownloadsKeepTheirBytesAndOrder) {
