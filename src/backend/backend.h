@@ -122,7 +122,6 @@ class Backend {
   // that counts the KV each sequence read at the end of a step (SequenceKv::kv_tokens_read)
   // adds that step's counts.
   //
-  //
   // A begin_step while a step is open (begun, not ended) abandons that one, unless the caller
   // said overlap_next_step() first: then the new step begins beside it (its uploads and run_step
   // queued behind the open one's work), so that the host plans a decode step while the device
