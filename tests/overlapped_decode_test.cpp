@@ -261,28 +261,33 @@ struct EngineRun {
   std::vector<std::string> text;
   std::vector<FinishReason> reasons;
   int64_t overlapped = 0;
+
+  explicit EngineRun(size_t requests) : tokens(requests), text(requests), reasons(requests, FinishReason::Error) {}
+  OutputCallback output_of(size_t i) {
+    return [this, i](RequestOutput&& o) {
+      tokens[i].insert(tokens[i].end(), o.tokens.begin(), o.tokens.end());
+      text[i] += o.text;
+      if (o.finished) reasons[i] = o.finish_reason;
+    };
+  }
 };
+
+// Chunked prefill beside the decodes; no prefix caching, so that every page is free at the end.
+EngineOptions engine_options(bool overlap, int64_t batched_tokens, int32_t running) {
+  EngineOptions options;
+  options.overlap_steps = overlap;
+  options.scheduler.max_batched_tokens = batched_tokens;
+  options.scheduler.max_running = running;
+  options.prefix_caching = false;
+  return options;
+}
 
 EngineRun run_engine(bool sparse, bool overlap, const std::vector<RequestParams>& requests, int abort_after) {
   Rig rig(sparse);
-  EngineOptions options;
-  options.overlap_steps = overlap;
-  options.scheduler.max_batched_tokens = 128;  // chunked prefill beside the decodes
-  options.scheduler.max_running = 8;
-  options.prefix_caching = false;  // so that every page is free at the end
-  Engine engine(rig.model, *rig.cache, &rig.tokenizer, rig.sparsity, options);
-  EngineRun out;
-  out.tokens.resize(requests.size());
-  out.text.resize(requests.size());
-  out.reasons.assign(requests.size(), FinishReason::Error);
+  Engine engine(rig.model, *rig.cache, &rig.tokenizer, rig.sparsity, engine_options(overlap, 128, 8));
+  EngineRun out(requests.size());
   std::vector<uint64_t> ids(requests.size());
-  auto submit = [&](size_t i) {
-    ids[i] = engine.submit(requests[i], [&out, i](RequestOutput&& o) {
-      out.tokens[i].insert(out.tokens[i].end(), o.tokens.begin(), o.tokens.end());
-      out.text[i] += o.text;
-      if (o.finished) out.reasons[i] = o.finish_reason;
-    });
-  };
+  auto submit = [&](size_t i) { ids[i] = engine.submit(requests[i], out.output_of(i)); };
   for (size_t i = 0; i + 1 < requests.size(); ++i) submit(i);
   // Step by step: the last request arrives, and the first is aborted, while the others decode.
   for (int step = 0; engine.step() || engine.stats().running > 0 || step < 40; ++step) {
@@ -344,10 +349,7 @@ TEST_P(OverlappedDecode, EngineGoesOnPastRequestsThatEnd) {
   }
   auto run = [&](const std::vector<RequestParams>& rs, int64_t* overlapped) {
     Rig rig(GetParam());
-    EngineOptions options;
-    options.overlap_steps = true;
-    options.prefix_caching = false;
-    Engine engine(rig.model, *rig.cache, &rig.tokenizer, rig.sparsity, options);
+    Engine engine(rig.model, *rig.cache, &rig.tokenizer, rig.sparsity, engine_options(true, 2048, 64));
     std::vector<std::vector<int32_t>> got(rs.size());
     for (size_t i = 0; i < rs.size(); ++i)
       engine.submit(rs[i], [&got, i](RequestOutput&& o) { got[i].insert(got[i].end(), o.tokens.begin(), o.tokens.end()); });
@@ -411,32 +413,14 @@ TEST_P(OverlappedDecode, RandomTrafficServesWhatItServesWithoutOverlap) {
     a.abort_step = rng() % 5 == 0 ? a.step + static_cast<int>(rng() % 30) : -1;
     traffic.push_back(a);
   }
-  struct Served {
-    std::vector<std::vector<int32_t>> tokens;
-    std::vector<std::string> text;
-    std::vector<FinishReason> reasons;
-  };
   auto serve = [&](bool overlap) {
     Rig rig(GetParam());
-    EngineOptions options;
-    options.overlap_steps = overlap;
-    options.scheduler.max_batched_tokens = 96;
-    options.scheduler.max_running = 6;
-    options.prefix_caching = false;
-    Engine engine(rig.model, *rig.cache, &rig.tokenizer, rig.sparsity, options);
-    Served out;
-    out.tokens.resize(traffic.size());
-    out.text.resize(traffic.size());
-    out.reasons.assign(traffic.size(), FinishReason::Error);
+    Engine engine(rig.model, *rig.cache, &rig.tokenizer, rig.sparsity, engine_options(overlap, 96, 6));
+    EngineRun out(traffic.size());
     std::vector<uint64_t> ids(traffic.size());
     for (int step = 0; step < 400; ++step) {
       for (size_t i = 0; i < traffic.size(); ++i) {
-        if (traffic[i].step == step)
-          ids[i] = engine.submit(traffic[i].params, [&out, i](RequestOutput&& o) {
-            out.tokens[i].insert(out.tokens[i].end(), o.tokens.begin(), o.tokens.end());
-            out.text[i] += o.text;
-            if (o.finished) out.reasons[i] = o.finish_reason;
-          });
+        if (traffic[i].step == step) ids[i] = engine.submit(traffic[i].params, out.output_of(i));
         if (traffic[i].abort_step == step) engine.abort(ids[i]);
       }
       engine.step();
@@ -451,7 +435,7 @@ TEST_P(OverlappedDecode, RandomTrafficServesWhatItServesWithoutOverlap) {
     return out;
   };
   // EOS tokens and stop strings learned from a first run.
-  const Served first = serve(false);
+  const EngineRun first = serve(false);
   for (size_t i = 0; i < traffic.size(); ++i) {
     const auto& t = first.tokens[i];
     if (t.size() > 4 && i % 3 == 1) {
@@ -461,8 +445,8 @@ TEST_P(OverlappedDecode, RandomTrafficServesWhatItServesWithoutOverlap) {
       traffic[i].params.stop = {first.text[i].substr(first.text[i].size() / 2, 2)};
     }
   }
-  const Served want = serve(false);
-  const Served got = serve(true);
+  const EngineRun want = serve(false);
+  const EngineRun got = serve(true);
   int compared = 0;
   for (size_t i = 0; i < traffic.size(); ++i) {
     if (traffic[i].abort_step >= 0) continue;  // where an abort lands is a matter of timing
