@@ -281,21 +281,20 @@ bool Engine::step() {
   queued->batch = plan_step(cache_, plan, &sparsity_);
   const AttentionBatch& batch = queued->batch;
   try {
-    if (overlap) {
-      std::vector<DeviceSampling> rows;
-      for (const Sequence* seq : samplers)
-        rows.push_back(device_sampling(seq->params.sampling, static_cast<uint64_t>(seq->num_generated())));
-      model_.queue_sampled(tokens, batch, cache_, logit_rows, rows);
-    } else if (on_device) {
+    if (on_device) {
       std::vector<DeviceSampling> rows;
       for (const Sequence* seq : samplers)
         rows.push_back(drawn_on_device(*seq)
                            ? device_sampling(seq->params.sampling, static_cast<uint64_t>(seq->num_generated()))
                            : DeviceSampling{});  // drawn on the host from the logits instead
-      sampled_.resize(samplers.size());
-      if (host_rows) logits_.resize(logit_rows.size() * static_cast<size_t>(V));
-      model_.forward_sampled(tokens, batch, cache_, logit_rows, rows, sampled_.data(),
-                             host_rows ? logits_.data() : nullptr);
+      if (overlap) {  // read back once the next step is queued (collect_step)
+        model_.queue_sampled(tokens, batch, cache_, logit_rows, rows);
+      } else {
+        sampled_.resize(samplers.size());
+        if (host_rows) logits_.resize(logit_rows.size() * static_cast<size_t>(V));
+        model_.forward_sampled(tokens, batch, cache_, logit_rows, rows, sampled_.data(),
+                               host_rows ? logits_.data() : nullptr);
+      }
     } else {
       logits_.resize(logit_rows.size() * static_cast<size_t>(V));
       model_.forward(tokens, batch, cache_, logit_rows, logits_.data());

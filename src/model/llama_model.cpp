@@ -114,7 +114,7 @@ void LlamaModel::queue_sampled(std::span<const int32_t> token_ids, const Attenti
   const auto R = static_cast<int64_t>(logit_rows.size());
   expect_room_to_queue(R);
   launch(token_ids, false, {}, batch, cache, logit_rows, sampling, true);
-  queued_.push_back({&batch, backend_.queue_download(scratch_->sampled.rows(0, R)), R, scratch_->generation});
+  remember_queued(batch, R);
 }
 
 void LlamaModel::queue_sampled_after(const AttentionBatch& batch, KvCache& cache,
@@ -133,7 +133,12 @@ void LlamaModel::queue_sampled_after(const AttentionBatch& batch, KvCache& cache
   std::vector<int32_t> rows(static_cast<size_t>(T));
   for (int64_t i = 0; i < T; ++i) rows[static_cast<size_t>(i)] = static_cast<int32_t>(i);
   launch({}, true, from_rows, batch, cache, rows, sampling, true);
-  queued_.push_back({&batch, backend_.queue_download(scratch_->sampled.rows(0, T)), T, scratch_->generation});
+  remember_queued(batch, T);
+}
+
+// A launched step's drawn tokens on their way back, and where it drew them.
+void LlamaModel::remember_queued(const AttentionBatch& batch, int64_t rows) {
+  queued_.push_back({&batch, backend_.queue_download(scratch_->sampled.rows(0, rows)), rows, scratch_->generation});
 }
 
 // Before a step is launched: its tokens' download will be taken (Backend::queue_download).

@@ -79,6 +79,7 @@ class LlamaModel {
            int32_t* tokens);
   void ensure_scratch(int64_t num_tokens, int64_t num_logit_rows);
   void expect_room_to_queue(int64_t rows) const;
+  void remember_queued(const AttentionBatch& batch, int64_t rows);
   // Identifies the buffers a step's ops touch (scratch, the KV pools): part of a recorded step's key.
   uint64_t buffers_identity(const KvCache& cache, const AttentionBatch& batch) const;
   void attention_block(int64_t layer, int64_t T, const AttentionBatch& batch, KvCache& cache);
