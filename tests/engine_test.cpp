@@ -14,6 +14,7 @@
 #include "engine/engine.h"
 #include "model/tokenizer.h"
 #include "model/weights.h"
+#include "small_policies.h"
 #include "test_util.h"
 
 namespace lserve {
@@ -21,25 +22,8 @@ namespace {
 
 const std::filesystem::path kModelDir = std::filesystem::path(LSERVE_SOURCE_DIR) / "models/tiny-llama";
 
-// Small pages and windows, so that prompts of a few hundred tokens exercise every sparse path:
-// streaming heads drop pages, retrieval heads select under a budget below the context length.
-SparsityConfig sparse_policy() {
-  SparsityConfig s;
-  s.policy = AttentionPolicy::LServe;
-  s.page_size = 16;
-  s.logical_page_size = 4;
-  s.token_budget = 64;
-  s.selector_interval = 2;
-  s.prefill_window = {16, 96};
-  s.decode_window = {16, 32};
-  return s;
-}
-
-SparsityConfig dense_policy() {
-  SparsityConfig s;
-  s.page_size = 16;
-  return s;
-}
+SparsityConfig sparse_policy() { return test::small_lserve_policy(2); }
+SparsityConfig dense_policy() { return test::small_dense_policy(); }
 
 struct Served {
   std::unique_ptr<Backend> backend = make_cpu_backend(2);

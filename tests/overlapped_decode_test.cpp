@@ -18,6 +18,7 @@
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
 #include "model/weights.h"
+#include "small_policies.h"
 #include "test_util.h"
 
 namespace lserve {
@@ -146,18 +147,6 @@ class DrawingCpuBackend final : public Backend {
   std::deque<std::vector<std::array<int64_t, 2>>> reads_;  // per open step, its sequences' KV reads
 };
 
-SparsityConfig sparse_policy() {  // every sparse path within a few hundred tokens
-  SparsityConfig s;
-  s.policy = AttentionPolicy::LServe;
-  s.page_size = 16;
-  s.logical_page_size = 4;
-  s.token_budget = 64;
-  s.selector_interval = 3;
-  s.prefill_window = {16, 96};
-  s.decode_window = {16, 32};
-  return s;
-}
-
 struct Rig {
   DrawingCpuBackend backend;
   ModelConfig config = ModelConfig::from_file(kModelDir / "config.json");
@@ -167,8 +156,7 @@ struct Rig {
   std::unique_ptr<KvCache> cache;
 
   explicit Rig(bool sparse) {
-    if (sparse) sparsity = sparse_policy();
-    else sparsity.page_size = 16;
+    sparsity = sparse ? test::small_lserve_policy(3) : test::small_dense_policy();
     KvCacheOptions kv;
     kv.page_size = sparsity.page_size;
     kv.logical_page_size = sparse ? sparsity.logical_page_size : 0;

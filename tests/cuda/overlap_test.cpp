@@ -10,6 +10,7 @@
 
 #include "cuda_test_util.h"
 #include "mixed_batch.h"
+#include "small_policies.h"
 #include "engine/engine.h"
 #include "engine/generator.h"
 #include "model/weights.h"
@@ -48,20 +49,12 @@ struct Trained {
   }
 };
 
-SparsityConfig dense() {
-  SparsityConfig s;
-  s.page_size = 16;
-  return s;
-}
+SparsityConfig dense() { return test::small_dense_policy(); }
 
+// The trained model's windows (as its streaming tests run it), far below the prompts.
 SparsityConfig lserve(SelectionGranularity granularity, int32_t interval) {
-  SparsityConfig s;
-  s.policy = AttentionPolicy::LServe;
+  SparsityConfig s = test::small_lserve_policy(interval);
   s.granularity = granularity;
-  s.page_size = 16;
-  s.logical_page_size = 4;
-  s.token_budget = 64;
-  s.selector_interval = interval;
   s.prefill_window = {16, 48};
   s.decode_window = {8, 24};
   s.validate();
