@@ -230,6 +230,7 @@ void report_breakdown(const DecodeTimer& timer, CsvOut& csv, int64_t n, int64_t 
   csv.row("decode_host_finish", n, B, b->host_finish, "ms");
   csv.row("decode_forward_wall", n, B, b->forward_wall, "ms");
   csv.row("decode_steps_overlapped", n, B, b->overlapped, "share");
+  csv.row("decode_steps_waiting_for_selections", n, B, b->overlap_waits, "share");
 }
 
 // KV memory of the sequence just run, from the cache's own accounting: what it held at the end

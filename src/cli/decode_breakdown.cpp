@@ -18,6 +18,7 @@ DecodeBreakdown totals(Backend& backend) {
   DecodeBreakdown b;
   b.steps = s.timed_steps;
   b.overlapped = static_cast<double>(s.overlapped);
+  b.overlap_waits = static_cast<double>(s.overlap_waits);
   b.host_plan = s.host_plan_s * 1e3;
   b.device_before_kernels = s.device_before_kernels_s * 1e3;
   b.device_kernels = s.device_kernels_s * 1e3;
@@ -50,6 +51,7 @@ void DecodeTimer::stop() {
   const DecodeBreakdown end = totals(backend_);
   sum_.steps += end.steps - begin_.steps;
   sum_.overlapped += end.overlapped - begin_.overlapped;
+  sum_.overlap_waits += end.overlap_waits - begin_.overlap_waits;
   sum_.host_plan += end.host_plan - begin_.host_plan;
   sum_.device_before_kernels += end.device_before_kernels - begin_.device_before_kernels;
   sum_.device_kernels += end.device_kernels - begin_.device_kernels;
@@ -64,6 +66,7 @@ std::optional<DecodeBreakdown> DecodeTimer::result() const {
   const auto n = static_cast<double>(sum_.steps);
   DecodeBreakdown b = sum_;
   b.overlapped = std::min(sum_.overlapped / n, 1.0);
+  b.overlap_waits = std::min(sum_.overlap_waits / n, 1.0);
   for (double* v : {&b.host_plan, &b.device_before_kernels, &b.device_kernels, &b.host_finish, &b.forward_wall,
                     &b.host_select_plan})
     *v /= n;
@@ -75,11 +78,12 @@ void print_decode_breakdown(const DecodeBreakdown& b, double measured_step_ms, i
     // Overlapped steps: the host's work runs beside the device's, so the parts do not add up to
     // the step; what the device did not spend on the step's uploads and kernels, it idled.
     std::fprintf(stderr,
-                 "[lserve] decode step at %lld tokens x%lld, %lld steps (%.0f%% begun while the one before ran): "
-                 "%.3f ms measured; device clock: uploads %.3f, kernels %.3f, idle %.3f; host, beside it: planning "
-                 "%.3f (of which page selection %.3f), finish %.3f\n",
+                 "[lserve] decode step at %lld tokens x%lld, %lld steps (%.0f%% begun while the one before ran, "
+                 "%.0f%% of them waiting for its page selections): %.3f ms measured; device clock: uploads %.3f, "
+                 "kernels %.3f, idle %.3f; host, beside it: planning %.3f (of which page selection %.3f), "
+                 "finish %.3f\n",
                  static_cast<long long>(context), static_cast<long long>(batch), static_cast<long long>(b.steps),
-                 100 * b.overlapped, measured_step_ms, b.device_before_kernels, b.device_kernels,
+                 100 * b.overlapped, b.overlapped > 0 ? 100 * b.overlap_waits / b.overlapped : 0.0, measured_step_ms, b.device_before_kernels, b.device_kernels,
                  measured_step_ms - b.device_before_kernels - b.device_kernels, b.host_plan, b.host_select_plan,
                  b.host_finish);
     return;

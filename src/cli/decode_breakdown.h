@@ -15,7 +15,8 @@ namespace lserve::cli {
 
 struct DecodeBreakdown {  // per decode step, in milliseconds
   int64_t steps = 0;
-  double overlapped = 0;  // of the steps, the share begun while the one before ran
+  double overlapped = 0;     // of the steps, the share begun while the one before ran
+  double overlap_waits = 0;  // and the share whose plan waited for the one before's selections
   double host_plan = 0, device_before_kernels = 0, device_kernels = 0, host_finish = 0, forward_wall = 0;
   double host_select_plan = 0;  // of host_plan: the page selections' plan
 };

@@ -24,6 +24,7 @@
 #include "backend/cuda/cuda_staging.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/page_select.h"
+#include "backend/cuda/reused_lists.h"
 #include "backend/cuda/sampling.h"
 #include "backend/cuda/skinny_linear.h"
 #include "kv/kv_cache.h"
@@ -86,6 +87,10 @@ class CudaBackend final : public Backend {
     LSERVE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     cuda::set_dependent_launch(options.dependent_launch);
     uploader_ = std::make_unique<cuda::PinnedUploader>(stream_);
+    // The selection block grows with the batch past kPinnedUploadLimit (tens of MB at large
+    // batches with a selection per query head); a pageable upload would make the host wait for
+    // the stream, and an overlapped step for the one before. Two uploads a step, two steps.
+    select_uploader_ = std::make_unique<cuda::PinnedUploader>(stream_, 4);
     linear_ = std::make_unique<cuda::CublasLtLinear>(stream_);
   }
 
@@ -94,12 +99,17 @@ class CudaBackend final : public Backend {
     clear_recorded_steps();
     for (StepTimer& t : timers_) t.destroy();
     if (pinned_download_) cudaFreeHost(pinned_download_);
+    for (Readback& r : readbacks_) {
+      if (r.done) cudaEventDestroy(r.done);
+      if (r.host) cudaFreeHost(r.host);
+    }
     for (QueuedCopy& q : queued_copies_) {
       if (q.done) cudaEventDestroy(q.done);
       if (q.host) cudaFreeHost(q.host);
     }
     linear_.reset();
     uploader_.reset();
+    select_uploader_.reset();
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -211,7 +221,7 @@ class CudaBackend final : public Backend {
     LSERVE_CHECK(!overlapping || can_begin_before_end(),
                  "a step begun before the end of one whose page selections it needs");
     if (overlapping) {  // the step before goes on: keep what its end_step needs
-      earlier_open_.push_back({std::move(sel_), step_cache_, step_num_heads_, timer_at_});
+      earlier_open_.push_back({std::move(sel_), step_cache_, step_num_heads_, timer_at_, open_batch_});
       timer_at_ ^= 1;  // at most two steps are open
       ++step_stats_.overlapped;
       ++open_steps_;
@@ -220,7 +230,7 @@ class CudaBackend final : public Backend {
       open_steps_ = 1;
     }
     try {
-      prepare_step(batch, heads);
+      prepare_step(batch, heads, overlapping);
     } catch (...) {
       abandon_step();
       throw;
@@ -231,7 +241,7 @@ class CudaBackend final : public Backend {
     if (open_steps_ == 0) return;
     --open_steps_;
     timer().active = false;
-    step_batch_ = nullptr;
+    step_batch_ = open_batch_ = nullptr;
     if (earlier_open_.empty()) {
       sel_ = StepSelection{};
       return;
@@ -241,12 +251,13 @@ class CudaBackend final : public Backend {
     step_cache_ = before.cache;
     step_num_heads_ = before.num_heads;
     timer_at_ = before.timer;
-    earlier_open_.pop_back();
+    open_batch_ = before.batch;
+    earlier_open_.pop_back();  // step_batch_ stays null: the device holds the abandoned step's batch
   }
 
   // begin_step's work once the step is open: the batch, the selections and the attention plan
   // to the device.
-  void prepare_step(const AttentionBatch& batch, const AttentionHeads& heads) {
+  void prepare_step(const AttentionBatch& batch, const AttentionHeads& heads, bool overlapping) {
     const size_t T = static_cast<size_t>(batch.num_tokens()), B = batch.seq_lens.size();
     start_step_timer(batch);
     LSERVE_CHECK(batch.query_start.size() == B + 1 && batch.page_indptr.size() == B + 1 &&
@@ -303,14 +314,17 @@ class CudaBackend final : public Backend {
     }
     dbatch_.num_seqs = static_cast<int32_t>(B);
     dbatch_.num_tokens = static_cast<int32_t>(T);
-    step_batch_ = &batch;
+    step_batch_ = open_batch_ = &batch;
     step_cache_ = heads.cache;
     step_num_heads_ = heads.num_heads;
     plan_group_ = -1;  // the attention plan is rebuilt for this batch
     sel_ = StepSelection{};
     if (heads.cache && batch.selects_pages() && heads.num_heads > 0) {
       const auto t0 = timer().active ? StepTimer::Clock::now() : StepTimer::Clock::time_point{};
-      plan_selection(batch, *heads.cache, heads.num_heads);
+      // Begun beside a step that selected pages: this one's reuse may read those selections
+      // where they are on the device, before they are back in the sequences.
+      OpenStep* before = overlapping && !earlier_open_.back().sel.fresh.empty() ? &earlier_open_.back() : nullptr;
+      plan_selection(batch, *heads.cache, heads.num_heads, before);
       if (timer().active) timer().select_plan = StepTimer::Clock::now() - t0;
     }
     if (heads.num_heads > 0 && heads.num_kv_heads > 0 && heads.num_heads % heads.num_kv_heads == 0 &&
@@ -320,7 +334,14 @@ class CudaBackend final : public Backend {
   }
 
   void run_step(const StepKey& key, bool recordable, const std::function<void()>& ops) override {
-    const StepTimer::Kernels timing(timer(), stream_);
+    {
+      const StepTimer::Kernels timing(timer(), stream_);
+      launch_step(key, recordable, ops);
+    }
+    queue_selection_readback();
+  }
+
+  void launch_step(const StepKey& key, bool recordable, const std::function<void()>& ops) {
     if (!recordable || !options_.graphs) {
       ops();
       return;
@@ -588,7 +609,7 @@ class CudaBackend final : public Backend {
       LSERVE_CHECK(!capturing_, "a recorded step needs its page selections planned in begin_step");
       if (!options_.gpu_selection)
         fail("page selection is switched off on this CUDA backend (CudaBackendOptions::gpu_selection)");
-      plan_selection(batch, cache, static_cast<int32_t>(H));
+      plan_selection(batch, cache, static_cast<int32_t>(H), nullptr);
       plan_group_ = -1;
     }
     cuda::AttentionParams p;
@@ -648,9 +669,9 @@ class CudaBackend final : public Backend {
     const auto finish = std::chrono::steady_clock::now();
     open_steps_ = std::max(open_steps_ - 1, 0);
     if (!earlier_open_.empty()) {  // a step that ends after the next one began
-      const OpenStep step = std::move(earlier_open_.front());
+      OpenStep step = std::move(earlier_open_.front());
       earlier_open_.pop_front();
-      LSERVE_CHECK(step.sel.fresh.empty(), "a step that selected pages ended after the next one began");
+      store_fresh_selections(step.sel, batch);
       if (step.cache && step.num_heads > 0) count_kv_reads(step.sel, step.num_heads, batch, *step.cache);
       timers_[step.timer].finish(finish, step_stats_);
       return;
@@ -661,11 +682,12 @@ class CudaBackend final : public Backend {
     timer().finish(finish, step_stats_);
   }
 
-  // The next step may begin before this one ends unless this one selects pages (the next
-  // plans its reuse from the selections end_step reads back), or steps are profiled one by one.
+  // Two steps may be open at once, unless steps are profiled one by one. A step begun beside
+  // one that selected pages reuses those selections from the device when the same sequences go
+  // on by one token onto no new page (plan_selection), and waits for them otherwise.
   void overlap_next_step() override { overlap_next_ = true; }
   bool can_begin_before_end() const override {
-    return open_steps_ == 0 || (sel_.fresh.empty() && earlier_open_.empty() && !profile_steps_);
+    return open_steps_ == 0 || (earlier_open_.empty() && !profile_steps_);
   }
 
   cudaStream_t stream() const { return stream_; }
@@ -692,8 +714,19 @@ class CudaBackend final : public Backend {
     // planned, since the caller may count the step before it ends (overlapped steps).
     std::vector<std::array<int64_t, 4>> fresh;
     std::vector<int32_t> lists_host;             // counts, then pages (the host's part)
+    int32_t readback = -1;  // the readbacks_ slot its fresh lists come back in, once queued
+    bool stored = false;    // its fresh selections are in the sequences
     size_t scratch_bytes = 0;
     int32_t grid_pages = 0;  // the selector's grid (select_grid_pages of the longest fresh job)
+  };
+  // Open steps (begun, not ended): the newest one's state is in the members (sel_, step_cache_,
+  // ...); the ones begun before it keep what their end_step needs in earlier_open_, oldest first.
+  struct OpenStep {
+    StepSelection sel;
+    const KvCache* cache;
+    int32_t num_heads;
+    size_t timer;
+    const AttentionBatch* batch;
   };
   // Times one decode-only step (CudaStepStats): host clocks around the planning and the
   // finishing work, CUDA events around the uploads and the kernels. A step's events have
@@ -759,11 +792,41 @@ class CudaBackend final : public Backend {
     t.active = true;
   }
 
+  // A step's fresh lists (its counts and lists block) to pinned memory, queued behind its work,
+  // so that its end_step, or the plan of a step begun beside it, waits for this step alone.
+  void queue_selection_readback() {
+    if (!sel_.planned || sel_.slots == 0 || sel_.fresh.empty()) return;
+    const size_t counts = static_cast<size_t>(sel_.num_layers) * sel_.slots * sel_.num_units;
+    const size_t bytes = (counts + counts * static_cast<size_t>(sel_.capacity)) * sizeof(int32_t);
+    readback_at_ ^= 1;  // the other slot may hold the open step's before this one
+    Readback& r = readbacks_[readback_at_];
+    if (!r.done) LSERVE_CUDA_CHECK(cudaEventCreateWithFlags(&r.done, cudaEventDisableTiming));
+    LSERVE_CUDA_CHECK(cudaEventSynchronize(r.done));  // its last copy, long read
+    if (r.capacity < bytes) {  // grown by doubling, as the block grows with the batch
+      if (r.host) LSERVE_CUDA_CHECK(cudaFreeHost(r.host));
+      size_t capacity = std::max<size_t>(size_t{64} << 10, 2 * r.capacity);
+      r.host = nullptr;
+      r.capacity = 0;
+      while (capacity < bytes) capacity *= 2;
+      LSERVE_CUDA_CHECK(cudaMallocHost(&r.host, capacity));
+      r.capacity = capacity;
+    }
+    LSERVE_CUDA_CHECK(cudaMemcpyAsync(r.host, sel_counts_dev_, bytes, cudaMemcpyDeviceToHost, stream_));
+    LSERVE_CUDA_CHECK(cudaEventRecord(r.done, stream_));
+    sel_.readback = static_cast<int32_t>(readback_at_);
+  }
+
   void store_fresh_selections(StepSelection& sel, const AttentionBatch& batch) {
-    if (!sel.planned || sel.slots == 0) return;
+    if (!sel.planned || sel.slots == 0 || sel.stored) return;
     const int32_t L = sel.num_layers, U = sel.num_units, S = sel.slots, cap = sel.capacity;
     const size_t counts = static_cast<size_t>(L) * S * U;
-    if (!sel.fresh.empty()) {
+    const int32_t* lists = sel.lists_host.data();
+    if (!sel.fresh.empty() && sel.readback >= 0) {  // queued by run_step
+      const Readback& r = readbacks_[static_cast<size_t>(sel.readback)];
+      LSERVE_CUDA_CHECK(cudaEventSynchronize(r.done));
+      lists = static_cast<const int32_t*>(r.host);
+    } else if (!sel.fresh.empty()) {  // the ops ran outside run_step (never so for overlapped steps)
+      LSERVE_CHECK(&sel == &sel_, "an earlier open step's selections were not read back");
       LSERVE_CUDA_CHECK(cudaMemcpyAsync(sel.lists_host.data(), sel_counts_dev_,
                                         (counts + counts * static_cast<size_t>(cap)) * sizeof(int32_t),
                                         cudaMemcpyDeviceToHost, stream_));
@@ -774,12 +837,13 @@ class CudaBackend final : public Backend {
       if (seq.selections.size() < static_cast<size_t>(L) * static_cast<size_t>(U)) continue;  // released since
       const size_t unit = (static_cast<size_t>(layer) * S + static_cast<size_t>(sel.seq_slot[static_cast<size_t>(b)])) * U +
                           static_cast<size_t>(u);
-      const int32_t* list = sel.lists_host.data() + counts + unit * static_cast<size_t>(cap);
+      const int32_t* list = lists + counts + unit * static_cast<size_t>(cap);
       PageSelection& ps = seq.selections[static_cast<size_t>(layer * U + u)];
-      ps.pages.assign(list, list + sel.lists_host[unit]);
+      ps.pages.assign(list, list + lists[unit]);
       ps.decode_step = decode_step;
       ps.num_pages_then = (batch.seq_lens[b] + sel_page_size_ - 1) / sel_page_size_;
     }
+    sel.stored = true;
   }
 
   // Keys each (layer, query head) of a decoding sequence attended this step: a streaming head
@@ -866,7 +930,18 @@ class CudaBackend final : public Backend {
   // retrieval KV head, or one of its query heads) whether its selection is made now on the
   // device (a job) or reused (its list written here: the selected pages, then every page newer
   // than the selection, as the host selector reads).
-  void plan_selection(const AttentionBatch& batch, const KvCache& cache, int32_t num_heads) {
+  //
+  // `before`: the open step this one was begun beside, when it selected pages: its selections
+  // are on the device and not yet in the sequences. If the same sequences go on by one token
+  // onto no new page, a unit that reuses one of them reads its list where that step's selector
+  // left it (this step uploads no counts or lists then); otherwise the plan waits for them.
+  void plan_selection(const AttentionBatch& batch, const KvCache& cache, int32_t num_heads, OpenStep* before) {
+    if (before && !selections_can_stay_on_device(*before, batch)) {
+      LSERVE_CHECK(before->batch, "an open step without its batch");
+      store_fresh_selections(before->sel, *before->batch);  // waits for that step's work
+      ++step_stats_.overlap_waits;
+      before = nullptr;
+    }
     if (!options_.gpu_selection)
       fail("page selection is switched off on this CUDA backend (CudaBackendOptions::gpu_selection)");
     LSERVE_CHECK(cache.logical_page_size() > 0, "page selection needs a KV cache with key summaries");
@@ -914,6 +989,24 @@ class CudaBackend final : public Backend {
     const int32_t S = sel.slots, cap = sel.capacity;
     const size_t counts = static_cast<size_t>(L) * S * U;
     sel.lists_host.assign(counts + counts * static_cast<size_t>(cap), 0);
+    // The decode step at which `before` selected each (sequence, layer, unit), or -1; its lists
+    // are of no use in another layout.
+    if (before && (before->sel.num_layers != L || before->sel.num_units != U ||
+                   before->sel.per_query_head != sel.per_query_head)) {
+      store_fresh_selections(before->sel, *before->batch);
+      ++step_stats_.overlap_waits;
+      before = nullptr;
+    }
+    std::vector<int64_t>& pending = pending_host_;
+    pending.clear();
+    if (before) {
+      pending.assign(static_cast<size_t>(B) * L * U, -1);
+      for (const auto& [b, l, u, step] : before->sel.fresh) pending[(static_cast<size_t>(b) * L + l) * U + u] = step;
+    }
+    bool lists_on_device = false;
+    // What the device does with each unit's list when some stay there (cuda::carry_reused_lists).
+    std::vector<int32_t>& keep = keep_host_;
+    if (before) keep.assign(counts, cuda::kListFromHost);
     size_t scratch_layer = 0;
     for (int32_t l = 0; l < L; ++l) {
       sel.layer_job_begin.push_back(static_cast<int32_t>(sel.jobs.size()));
@@ -932,10 +1025,12 @@ class CudaBackend final : public Backend {
           if (hs.kind != HeadKind::Retrieval) continue;
           const size_t unit = (static_cast<size_t>(l) * S + static_cast<size_t>(slot)) * U + static_cast<size_t>(u);
           const PageSelection& ps = seq.selections[static_cast<size_t>(l * U + u)];
+          const int64_t pending_step = pending.empty() ? -1 : pending[(static_cast<size_t>(b) * L + l) * U + u];
+          const int64_t selected_at = pending_step >= 0 ? pending_step : ps.decode_step;
           // Every unit has a job, so that a layer's grid is the same in every step that selects,
           // whichever sequences select afresh (a recorded step replays any of them); only the
           // fresh ones are active. Steps that only reuse launch no selector (recorded apart).
-          const bool fresh = ps.decode_step < 0 || seq.decode_steps - ps.decode_step >= s.selector_interval;
+          const bool fresh = selected_at < 0 || seq.decode_steps - selected_at >= s.selector_interval;
           {
             cuda::SelectJob j{};
             j.q_row = batch.query_start[b];
@@ -966,6 +1061,14 @@ class CudaBackend final : public Backend {
             sel.fresh.push_back({b, l, u, seq.decode_steps});
             continue;
           }
+          if (pending_step >= 0) {
+            // The list `before` selected, where its selector wrote it; a page appended since (the
+            // context moved onto a new one) is added there, as below.
+            lists_on_device = true;
+            const bool new_page = (len - 1) % P == 0;
+            keep[unit] = new_page ? num_pages - 1 : cuda::kListKept;
+            continue;
+          }
           int32_t* list = sel.lists_host.data() + counts + unit * static_cast<size_t>(cap);
           int32_t n = 0;
           auto add = [&](int32_t pg) {
@@ -983,20 +1086,45 @@ class CudaBackend final : public Backend {
     }
     sel.layer_job_begin.push_back(static_cast<int32_t>(sel.jobs.size()));
     sel.scratch_bytes = scratch_layer;
+    // Lists left on the device must be where this step's kernels look: the same block layout.
+    if (lists_on_device &&
+        (sel.slots != before->sel.slots || sel.capacity != before->sel.capacity ||
+         sel.num_units != before->sel.num_units || sel.num_layers != before->sel.num_layers ||
+         sel.per_query_head != before->sel.per_query_head || sel.seq_slot != before->sel.seq_slot ||
+         sel.jobs.size() != before->sel.jobs.size())) {
+      store_fresh_selections(before->sel, *before->batch);
+      ++step_stats_.overlap_waits;
+      plan_selection(batch, cache, num_heads, nullptr);
+      return;
+    }
 
     // One upload: jobs, slots, then counts and lists (which end_step reads back in one piece).
+    // With lists left on the device, the counts and lists go to a staging block instead, with
+    // what to keep, and a kernel carries them over.
     const size_t jobs_bytes = (sel.jobs.size() * sizeof(cuda::SelectJob) + 15) / 16 * 16;
     const size_t slot_bytes = (static_cast<size_t>(B) * 4 + 15) / 16 * 16;
-    std::vector<char> host(jobs_bytes + slot_bytes + sel.lists_host.size() * 4, 0);
+    const size_t lists_bytes = sel.lists_host.size() * 4;
+    std::vector<char> host(jobs_bytes + slot_bytes + lists_bytes + (lists_on_device ? counts * 4 : 0), 0);
     std::memcpy(host.data(), sel.jobs.data(), sel.jobs.size() * sizeof(cuda::SelectJob));
     std::memcpy(host.data() + jobs_bytes, sel.seq_slot.data(), static_cast<size_t>(B) * 4);
-    std::memcpy(host.data() + jobs_bytes + slot_bytes, sel.lists_host.data(), sel.lists_host.size() * 4);
-    char* d = static_cast<char*>(select_device_.ensure(host.size(), stream_));
-    if (host.size() <= kPinnedUploadLimit)
-      uploader_->upload(d, host.data(), host.size());
-    else
-      LSERVE_CUDA_CHECK(cudaMemcpyAsync(d, host.data(), host.size(), cudaMemcpyHostToDevice, stream_));
-    if (host.size() > kPinnedUploadLimit) LSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `host` goes now
+    std::memcpy(host.data() + jobs_bytes + slot_bytes, sel.lists_host.data(), lists_bytes);
+    if (lists_on_device) std::memcpy(host.data() + jobs_bytes + slot_bytes + lists_bytes, keep.data(), counts * 4);
+    auto put = [&](void* dst, const char* src, size_t bytes) { select_uploader_->upload(dst, src, bytes); };
+    const void* block_before = select_device_.data();
+    char* d = static_cast<char*>(select_device_.ensure(jobs_bytes + slot_bytes + lists_bytes, stream_));
+    LSERVE_CHECK(!lists_on_device || d == block_before, "the page lists left on the device moved");
+    if (lists_on_device) {
+      put(d, host.data(), jobs_bytes + slot_bytes);
+      char* staged = static_cast<char*>(select_staging_.ensure(lists_bytes + counts * 4, stream_));
+      put(staged, host.data() + jobs_bytes + slot_bytes, lists_bytes + counts * 4);
+      auto* live = reinterpret_cast<int32_t*>(d + jobs_bytes + slot_bytes);
+      const auto* staged_counts = reinterpret_cast<const int32_t*>(staged);
+      cuda::carry_reused_lists(live, live + counts, staged_counts, staged_counts + counts,
+                               staged_counts + counts + counts * static_cast<size_t>(cap), static_cast<int64_t>(counts),
+                               cap, stream_);
+    } else {
+      put(d, host.data(), host.size());
+    }
     sel_jobs_dev_ = reinterpret_cast<const cuda::SelectJob*>(d);
     sel_slot_dev_ = reinterpret_cast<const int32_t*>(d + jobs_bytes);
     sel_counts_dev_ = reinterpret_cast<int32_t*>(d + jobs_bytes + slot_bytes);
@@ -1007,6 +1135,18 @@ class CudaBackend final : public Backend {
     for (size_t l = 0; l + 1 < sel.layer_job_begin.size(); ++l)
       layer_jobs = std::max<size_t>(layer_jobs, static_cast<size_t>(sel.layer_job_begin[l + 1] - sel.layer_job_begin[l]));
     select_arrivals_.ensure(layer_jobs, stream_);
+  }
+
+  // Whether a step may read the selections `before` made where they are on the device: the same
+  // sequences, those that selected each one token on.
+  static bool selections_can_stay_on_device(const OpenStep& before, const AttentionBatch& batch) {
+    const AttentionBatch* prev = before.batch;
+    if (!prev || prev->sequences != batch.sequences || prev->seq_lens.size() != batch.seq_lens.size()) return false;
+    for (const auto& entry : before.sel.fresh) {
+      const auto b = static_cast<size_t>(entry[0]);
+      if (batch.seq_lens[b] != prev->seq_lens[b] + 1) return false;
+    }
+    return true;
   }
 
   // This layer's fresh selections, then the attention params that read the lists.
@@ -1126,7 +1266,7 @@ class CudaBackend final : public Backend {
   CudaBackendOptions options_;
   cudaDeviceProp props_{};
   cudaStream_t stream_ = nullptr;
-  std::unique_ptr<cuda::PinnedUploader> uploader_;
+  std::unique_ptr<cuda::PinnedUploader> uploader_, select_uploader_;
   std::unique_ptr<cuda::CublasLtLinear> linear_;
   void* pinned_download_ = nullptr;  // kPinnedDownloadBytes of pinned host memory
   cuda::GrowableBuffer convert_staging_, rows_device_, ids_device_, positions_device_;
@@ -1135,7 +1275,8 @@ class CudaBackend final : public Backend {
   std::vector<char> step_host_;
   cuda::GrowableBuffer step_device_, stream_pages_device_;
   DeviceBatch dbatch_;
-  const AttentionBatch* step_batch_ = nullptr;
+  const AttentionBatch* step_batch_ = nullptr;  // the batch on the device (ensure_step)
+  const AttentionBatch* open_batch_ = nullptr;  // the newest open step's
   const KvCache* step_cache_ = nullptr;  // the step's cache (for the read statistics), if given
   int32_t step_num_heads_ = 0;
 
@@ -1177,14 +1318,6 @@ class CudaBackend final : public Backend {
   StepSelection sel_;
   int32_t sel_page_size_ = 0;
 
-  // Open steps (begun, not ended): the newest one's state is in the members above; the ones
-  // begun before it keep what their end_step needs here, oldest first.
-  struct OpenStep {
-    StepSelection sel;
-    const KvCache* cache;
-    int32_t num_heads;
-    size_t timer;
-  };
   std::deque<OpenStep> earlier_open_;
   int32_t open_steps_ = 0;
   bool overlap_next_ = false;  // overlap_next_step() was said for the next begin_step
@@ -1196,6 +1329,18 @@ class CudaBackend final : public Backend {
     cudaEvent_t done = nullptr;
   };
   std::array<QueuedCopy, kMaxQueuedDownloads> queued_copies_{};
+
+  // Fresh selections read back (queue_selection_readback): a slot for each of two open steps.
+  struct Readback {
+    void* host = nullptr;
+    size_t capacity = 0;
+    cudaEvent_t done = nullptr;
+  };
+  std::array<Readback, 2> readbacks_{};
+  size_t readback_at_ = 0;
+  std::vector<int64_t> pending_host_;  // plan_selection's table of the open step's selections
+  std::vector<int32_t> keep_host_;     // and what becomes of each list (cuda::carry_reused_lists)
+  cuda::GrowableBuffer select_staging_;  // counts, lists and keep, when lists stay on the device
   static constexpr int32_t kDecodeMaxGroupForSelection = cuda::kDecodeMaxGroup;
   cuda::GrowableBuffer select_device_, select_scratch_;
   cuda::ArrivalCounters select_arrivals_;

@@ -56,6 +56,7 @@ CUstream_st* cuda_stream_of(Backend& backend);
 struct CudaStepStats {
   int64_t recorded = 0, replayed = 0;
   int64_t overlapped = 0;  // steps begun before the step before them had ended
+  int64_t overlap_waits = 0;  // of those, steps whose plan waited for the selections made before
   int64_t timed_steps = 0;  // decode-only steps whose events completed
   double host_plan_s = 0, device_before_kernels_s = 0, device_kernels_s = 0, host_finish_s = 0, step_wall_s = 0;
   double host_select_plan_s = 0;  // of host_plan_s: planning the page selections (jobs, reused lists)

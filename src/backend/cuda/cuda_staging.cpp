@@ -6,7 +6,7 @@
 
 namespace lserve::cuda {
 
-PinnedUploader::PinnedUploader(cudaStream_t stream) : stream_(stream) {
+PinnedUploader::PinnedUploader(cudaStream_t stream, size_t slots) : stream_(stream), slots_(slots) {
   for (Slot& s : slots_) LSERVE_CUDA_CHECK(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
 }
 

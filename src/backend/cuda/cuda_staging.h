@@ -6,14 +6,14 @@
 
 #include <cuda_runtime_api.h>
 
-#include <array>
 #include <cstddef>
+#include <vector>
 
 namespace lserve::cuda {
 
 class PinnedUploader {
  public:
-  explicit PinnedUploader(cudaStream_t stream);
+  explicit PinnedUploader(cudaStream_t stream, size_t slots = 16);  // two overlapped steps' uploads, and room
   ~PinnedUploader();
   PinnedUploader(const PinnedUploader&) = delete;
   PinnedUploader& operator=(const PinnedUploader&) = delete;
@@ -28,7 +28,7 @@ class PinnedUploader {
     cudaEvent_t done = nullptr;
   };
   cudaStream_t stream_;
-  std::array<Slot, 16> slots_{};  // two overlapped steps' uploads, and room
+  std::vector<Slot> slots_;
   size_t next_ = 0;
 };
 
