@@ -14,7 +14,9 @@
 # build-gpu/sparse). PARTS (default kernels,peers,e2e,plots) picks some of those, so that the
 # suite can also run in pieces into the same OUT_DIR; the parts dependent-launch and overlap (not
 # defaults) time the decode path with programmatic dependent launch, or overlapped decode steps,
-# on and off in one run.
+# on and off in one run, and the part max-context (not a default: a 1M-token prefill takes
+# minutes) runs one 1M-token sequence under LServe on the GPU and asks dense for the same (its KV
+# does not fit beside the weights).
 #
 #   bash bench/cuda/sparse_suite.sh [OUT_DIR] [PARTS, e.g. kernels,peers]
 set -uo pipefail
@@ -102,6 +104,23 @@ if want overlap; then
   for mode in off on off on; do e2e_run lserve 1 262144 "$mode"; done
   for mode in off on; do e2e_run dense 1 262144 "$mode"; done
   for mode in off on; do e2e_run lserve 8 131072 "$mode"; done
+fi
+
+# One sequence of 1M tokens (bench/configs/llama-3-8b-2m.json: the context stretched to 2M):
+# LServe's KV (about 68 GiB) fits beside the 15 GiB of weights on a 140 GiB GPU, dense's (128 GiB)
+# does not, and must fail with a clear error rather than crash.
+if want max-context; then
+  echo "== the largest context ($(elapsed))"
+  long=bench/configs/llama-3-8b-2m.json
+  timeout 560 build-gpu/lserve bench --device cuda --load-format dummy --model "$long" --attention lserve \
+    --prompt-tokens 1048576 --decode-tokens 9 --repeats 1 --warmup 0 --csv "$out/max_context.csv" 2>&1 |
+    grep -v "\[info\]" | tee "$out/max_context.log" || status=1
+  if timeout 120 build-gpu/lserve bench --device cuda --load-format dummy --model "$long" --attention dense \
+       --prompt-tokens 1048576 --decode-tokens 9 --repeats 1 --warmup 0 >>"$out/max_context.log" 2>&1; then
+    echo "dense at 1M tokens ran: it was expected not to fit" | tee -a "$out/max_context.log"
+  else
+    echo "dense at 1M tokens, as expected, did not run: $(tail -1 "$out/max_context.log")" | tee -a "$out/max_context.log"
+  fi
 fi
 
 if want plots; then

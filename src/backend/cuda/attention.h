@@ -108,9 +108,11 @@ static_assert(kPrefillItemRows % kPrefillRows == 0, "an item is whole blocks of 
 // head's page list instead (clipped to its length on the device), and `selected` is the number
 // of splits its lists are read in; its streaming heads' window tiles are spread over the same
 // splits, so that no block of the launch walks more than a few tiles.
-// merge: the sequence's MergeItem (its splits), or -1 for a sequence of one split.
+// merge: the sequence's MergeItem (its splits), or -1 for a sequence of one split. slot: the
+// sequence's page-selection slot (AttentionParams::select_slot[seq], in the item so that a block
+// finds its page list without waiting for one more load), or -1.
 struct DecodeItem {
-  int32_t seq, key_begin, key_end, partial, selected, merge;
+  int32_t seq, key_begin, key_end, partial, selected, merge, slot;
 };
 // Keys (whole pages) per split of a page list: two tiles, the second loading while the first
 // is computed. A budget of 4096 keys then takes 32+ blocks per KV head. Measured at 256K, batch

@@ -114,11 +114,10 @@ __device__ void merge_splits(const AttentionParams& p, const MergeItem m, const 
 // query head with its own pages) to arrive merges them all. The counter wraps to zero on the
 // last arrival, ready for the next launch.
 template <int D>
-__device__ void arrive_and_merge(const AttentionParams& p, const DecodeItem item, const int head0, const int rows,
+__device__ void arrive_and_merge(const AttentionParams& p, const int head0, const int rows,
                                  const float* __restrict__ partial_o, const float* __restrict__ partial_lse,
-                                 const MergeItem* __restrict__ merges, uint32_t* arrival) {
+                                 const MergeItem m, uint32_t* arrival) {
   __shared__ int last;
-  const MergeItem m = merges[item.merge];
   __threadfence();  // this block's state before its arrival
   __syncthreads();
   if (threadIdx.x == 0) last = atomicInc(arrival, static_cast<unsigned>(m.num_splits - 1)) == static_cast<unsigned>(m.num_splits - 1);
@@ -153,7 +152,8 @@ __device__ void decode_split(const AttentionParams& p, const DecodeItem item, co
     const bf16* src = valid ? p.q + (int64_t{t} * p.num_heads + head0 + r) * D + ch * 8 : p.q;
     tile::cp_async_16(sq + r * kStride + ch * 8, src, valid);
   }
-  tile::load_kv_tile<D, kKeys, kThreads>(sk, sv, p, hv, tiles.begin(0), tiles.end(0));
+  // (With no tile, nothing to load: a page list's entries past its count may be stale.)
+  if (n > 0) tile::load_kv_tile<D, kKeys, kThreads>(sk, sv, p, hv, tiles.begin(0), tiles.end(0));
   tile::cp_async_commit();
   const float scale_log2 = p.scale * tile::kLog2e;
 
@@ -245,8 +245,13 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams 
   extern __shared__ __align__(16) unsigned char smem[];
   allow_next_kernel();
   wait_for_previous_kernels();
-  if (static_cast<int32_t>(blockIdx.x) >= *num_items) return;  // past this step's items (a recorded grid)
+  // The item is read beside the count, not after it: the plan's buffer holds the whole grid's
+  // items (zeros past this step's), and one dependent load fewer starts every block sooner.
+  const int32_t step_items = *num_items;
   const DecodeItem item = items[blockIdx.x];
+  if (static_cast<int32_t>(blockIdx.x) >= step_items) return;  // past this step's items (a recorded grid)
+  // The split's merge, read now and needed only at the end (its load off the block's tail).
+  const MergeItem merge = item.merge >= 0 ? merges[item.merge] : MergeItem{};
   const int per_kv = decode_blocks_per_kv_head(p), G = p.num_heads / p.num_kv_heads;
   const int kvh = static_cast<int>(blockIdx.y) / per_kv, sub = static_cast<int>(blockIdx.y) % per_kv;
   const bool own_list = per_kv > 1 && item.selected && p.heads.slot[kvh] >= 0;  // one query head, its own pages
@@ -269,17 +274,20 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const AttentionParams 
     }
   } else if (item.selected) {  // a retrieval head's split of its page list (or one query head's)
     const int32_t units = own_list ? p.num_heads : p.num_kv_heads;
-    const int32_t unit = p.select_slot[item.seq] * units + (own_list ? kvh * G + sub : kvh);
+    const int32_t unit = item.slot * units + (own_list ? kvh * G + sub : kvh);
+    const int32_t* list = p.select_pages + static_cast<int64_t>(unit) * p.select_capacity;
+    // The split's entries are in the list's buffer whatever its count (key_begin < capacity):
+    // fetch them into L1 while the count is read, rather than after.
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(list + item.key_begin));
     const int32_t count = p.select_counts[unit];
-    const tile::PageListTiles<kKeys> tiles{p.select_pages + static_cast<int64_t>(unit) * p.select_capacity,
-                                           min(item.key_begin, count), min(item.key_end, count), p.page_size, len};
+    const tile::PageListTiles<kKeys> tiles{list, min(item.key_begin, count), min(item.key_end, count), p.page_size, len};
     decode_split<D>(p, item, tiles, hv, head0, rows, partial_o, partial_lse, smem);
   } else {
     decode_split<D>(p, item, tile::KeyRangeTiles<kKeys>{item.key_begin, item.key_end}, hv, head0, rows, partial_o,
                     partial_lse, smem);
   }
   if (item.merge >= 0)
-    arrive_and_merge<D>(p, item, head0, rows, partial_o, partial_lse, merges,
+    arrive_and_merge<D>(p, head0, rows, partial_o, partial_lse, merge,
                         arrivals + (int64_t{item.merge} * p.num_kv_heads + kvh) * per_kv + sub);
 }
 

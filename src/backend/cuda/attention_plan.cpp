@@ -7,7 +7,8 @@
 namespace lserve::cuda {
 
 AttentionPlan make_attention_plan(const AttentionBatch& batch, int32_t group, int32_t max_splits,
-                                  const std::vector<int32_t>& list_splits, int32_t list_entries_per_split) {
+                                  const std::vector<int32_t>& list_splits, int32_t list_entries_per_split,
+                                  const std::vector<int32_t>& list_slots) {
   AttentionPlan plan;
   std::vector<int32_t> tile_keys;  // keys each prefill tile visits, for the ordering below
   for (int32_t b = 0; b < batch.num_seqs(); ++b) {
@@ -19,26 +20,27 @@ AttentionPlan make_attention_plan(const AttentionBatch& batch, int32_t group, in
       plan.decode_capacity += std::max(max_splits, listed);
       if (listed > 0) {  // page lists: a fixed number of splits of list entries
         const int32_t e = list_entries_per_split;
+        const int32_t slot = static_cast<size_t>(b) < list_slots.size() ? list_slots[static_cast<size_t>(b)] : -1;
         if (listed == 1) {
-          plan.decode.push_back({b, 0, e, -1, 1, -1});
+          plan.decode.push_back({b, 0, e, -1, 1, -1, slot});
           continue;
         }
         const auto merge = static_cast<int32_t>(plan.merge.size());
         plan.merge.push_back({b, plan.num_partials, listed});
         for (int32_t s = 0; s < listed; ++s)
-          plan.decode.push_back({b, s * e, (s + 1) * e, plan.num_partials++, listed, merge});
+          plan.decode.push_back({b, s * e, (s + 1) * e, plan.num_partials++, listed, merge, slot});
         continue;
       }
       const DecodeSplits splits = decode_splits(seq_len, max_splits);
       if (splits.count <= 1) {
-        plan.decode.push_back({b, 0, seq_len, -1, 0, -1});
+        plan.decode.push_back({b, 0, seq_len, -1, 0, -1, -1});
         continue;
       }
       const auto merge = static_cast<int32_t>(plan.merge.size());
       plan.merge.push_back({b, plan.num_partials, splits.count});
       for (int32_t s = 0; s < splits.count; ++s)
         plan.decode.push_back(
-            {b, s * splits.keys, std::min(seq_len, (s + 1) * splits.keys), plan.num_partials++, 0, merge});
+            {b, s * splits.keys, std::min(seq_len, (s + 1) * splits.keys), plan.num_partials++, 0, merge, -1});
       continue;
     }
     const int32_t rows = qlen * group;

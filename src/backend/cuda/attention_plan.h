@@ -33,8 +33,10 @@ struct AttentionPlan {
 
 // max_splits: decode_max_splits() of the model's attention on this device. list_splits: per
 // sequence, 0, or the splits of kDecodeListKeys keys its page lists are read in (a sequence
-// whose retrieval heads read selected pages this step).
+// whose retrieval heads read selected pages this step); list_slots: per sequence, its
+// page-selection slot (DecodeItem::slot).
 AttentionPlan make_attention_plan(const AttentionBatch& batch, int32_t group, int32_t max_splits,
-                                  const std::vector<int32_t>& list_splits = {}, int32_t list_entries_per_split = 1);
+                                  const std::vector<int32_t>& list_splits = {}, int32_t list_entries_per_split = 1,
+                                  const std::vector<int32_t>& list_slots = {});
 
 }  // namespace lserve::cuda

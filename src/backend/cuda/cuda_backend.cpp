@@ -318,7 +318,7 @@ class CudaBackend final : public Backend {
     step_cache_ = heads.cache;
     step_num_heads_ = heads.num_heads;
     plan_group_ = -1;  // the attention plan is rebuilt for this batch
-    sel_ = StepSelection{};
+    sel_.reset();
     if (heads.cache && batch.selects_pages() && heads.num_heads > 0) {
       const auto t0 = timer().active ? StepTimer::Clock::now() : StepTimer::Clock::time_point{};
       // Begun beside a step that selected pages: this one's reuse may read those selections
@@ -716,8 +716,21 @@ class CudaBackend final : public Backend {
     std::vector<int32_t> lists_host;             // counts, then pages (the host's part)
     int32_t readback = -1;  // the readbacks_ slot its fresh lists come back in, once queued
     bool stored = false;    // its fresh selections are in the sequences
+    std::vector<char> upload_host;               // jobs, slots, counts and lists, as uploaded
     size_t scratch_bytes = 0;
     int32_t grid_pages = 0;  // the selector's grid (select_grid_pages of the longest fresh job)
+    // As a fresh StepSelection, keeping the vectors' memory: planned every step.
+    void reset() {
+      planned = per_query_head = false;
+      slots = capacity = num_layers = num_units = grid_pages = 0;
+      entries_per_split = group = 1;
+      for (auto* v : {&seq_slot, &list_splits, &layer_job_begin}) v->clear();
+      jobs.clear();
+      fresh.clear();
+      scratch_bytes = 0;
+      readback = -1;
+      stored = false;
+    }
   };
   // Open steps (begun, not ended): the newest one's state is in the members (sel_, step_cache_,
   // ...); the ones begun before it keep what their end_step needs in earlier_open_, oldest first.
@@ -861,10 +874,13 @@ class CudaBackend final : public Backend {
       const int32_t slot = sel.planned && static_cast<size_t>(b) < sel.seq_slot.size() ? sel.seq_slot[static_cast<size_t>(b)] : -1;
       const int64_t U = slot >= 0 ? sel.num_units : 0;
       auto page_tokens = [&](int64_t pg) { return std::min<int64_t>(P, len - pg * P); };
+      // A selection's pages are ascending (the selector writes them so): those still in the
+      // context are a prefix, all whole pages but perhaps the last (a binary search, not a walk).
+      // Then the pages appended since.
       auto list_tokens = [&](const PageSelection& ps) {
-        int64_t n = 0;
-        for (int32_t pg : ps.pages)
-          if (pg < num_pages) n += page_tokens(pg);
+        const auto kept = std::lower_bound(ps.pages.begin(), ps.pages.end(), num_pages);
+        int64_t n = (kept - ps.pages.begin()) * P;
+        if (kept != ps.pages.begin() && *(kept - 1) == num_pages - 1) n -= P - page_tokens(num_pages - 1);
         for (int64_t pg = std::max<int64_t>(ps.num_pages_then, 0); pg < num_pages; ++pg)
           if (ps.pages.empty() || pg > ps.pages.back()) n += page_tokens(pg);
         return n;
@@ -956,7 +972,7 @@ class CudaBackend final : public Backend {
     LSERVE_CHECK(P / cache.logical_page_size() <= cuda::kSelectMaxLogicalPerPage,
                  "page selection on the GPU takes at most {} logical pages per page", cuda::kSelectMaxLogicalPerPage);
     StepSelection& sel = sel_;
-    sel = StepSelection{};
+    sel.reset();
     sel.planned = true;
     sel.num_layers = L;
     // Granularity is the cache's (the batch's), whatever policy a sequence runs.
@@ -988,7 +1004,10 @@ class CudaBackend final : public Backend {
     if (sel.slots == 0) return;
     const int32_t S = sel.slots, cap = sel.capacity;
     const size_t counts = static_cast<size_t>(L) * S * U;
-    sel.lists_host.assign(counts + counts * static_cast<size_t>(cap), 0);
+    // Only the counts need clearing: a list is read up to its count, and every list that is read
+    // is written this step (here, or by the selector on the device).
+    sel.lists_host.resize(counts + counts * static_cast<size_t>(cap));
+    std::fill_n(sel.lists_host.begin(), counts, 0);
     // The decode step at which `before` selected each (sequence, layer, unit), or -1; its lists
     // are of no use in another layout.
     if (before && (before->sel.num_layers != L || before->sel.num_units != U ||
@@ -1069,16 +1088,18 @@ class CudaBackend final : public Backend {
             keep[unit] = new_page ? num_pages - 1 : cuda::kListKept;
             continue;
           }
+          // The selection's pages still in the context (a prefix: they are ascending), then the
+          // pages appended since.
           int32_t* list = sel.lists_host.data() + counts + unit * static_cast<size_t>(cap);
-          int32_t n = 0;
-          auto add = [&](int32_t pg) {
+          const auto kept = std::lower_bound(ps.pages.begin(), ps.pages.end(), num_pages);
+          auto n = static_cast<int32_t>(kept - ps.pages.begin());
+          LSERVE_CHECK(n <= cap, "a reused page list outgrew its {} entries", cap);
+          std::copy(ps.pages.begin(), kept, list);
+          for (int64_t pg = std::max<int64_t>(ps.num_pages_then, 0); pg < num_pages; ++pg) {
+            if (!ps.pages.empty() && pg <= ps.pages.back()) continue;
             LSERVE_CHECK(n < cap, "a reused page list outgrew its {} entries", cap);
-            list[n++] = pg;
-          };
-          for (int32_t pg : ps.pages)
-            if (pg < num_pages) add(pg);
-          for (int64_t pg = std::max<int64_t>(ps.num_pages_then, 0); pg < num_pages; ++pg)
-            if (ps.pages.empty() || pg > ps.pages.back()) add(static_cast<int32_t>(pg));
+            list[n++] = static_cast<int32_t>(pg);
+          }
           sel.lists_host[unit] = n;
         }
       }
@@ -1104,7 +1125,8 @@ class CudaBackend final : public Backend {
     const size_t jobs_bytes = (sel.jobs.size() * sizeof(cuda::SelectJob) + 15) / 16 * 16;
     const size_t slot_bytes = (static_cast<size_t>(B) * 4 + 15) / 16 * 16;
     const size_t lists_bytes = sel.lists_host.size() * 4;
-    std::vector<char> host(jobs_bytes + slot_bytes + lists_bytes + (lists_on_device ? counts * 4 : 0), 0);
+    std::vector<char>& host = sel.upload_host;  // kept from step to step
+    host.resize(jobs_bytes + slot_bytes + lists_bytes + (lists_on_device ? counts * 4 : 0));
     std::memcpy(host.data(), sel.jobs.data(), sel.jobs.size() * sizeof(cuda::SelectJob));
     std::memcpy(host.data() + jobs_bytes, sel.seq_slot.data(), static_cast<size_t>(B) * 4);
     std::memcpy(host.data() + jobs_bytes + slot_bytes, sel.lists_host.data(), lists_bytes);
@@ -1192,7 +1214,7 @@ class CudaBackend final : public Backend {
                    int32_t head_dim) {
     const int32_t max_splits = max_splits_for(head_dim, full_context_kv_heads);
     const cuda::AttentionPlan plan =
-        cuda::make_attention_plan(batch, group, max_splits, sel_.list_splits, sel_.entries_per_split);
+        cuda::make_attention_plan(batch, group, max_splits, sel_.list_splits, sel_.entries_per_split, sel_.seq_slot);
     plan_counts_.prefill = static_cast<int32_t>(plan.prefill.size());
     plan_counts_.decode = static_cast<int32_t>(plan.decode.size());
     plan_counts_.decode_capacity = plan.decode_capacity;

@@ -21,6 +21,8 @@
 #include <cfloat>
 #include <climits>
 #include <cmath>
+#include <map>
+#include <mutex>
 
 #include "backend/cuda/attention_tile.cuh"
 #include "backend/cuda/cuda_check.h"
@@ -33,6 +35,7 @@ namespace {
 
 constexpr int kMaxHeads = kSelectMaxHeads, kMaxDim = kSelectMaxHeadDim;
 constexpr int kScoreThreads = 256, kChunkRows = 64;  // logical pages a score block stages at once
+constexpr int kScoreStages = 2;                      // chunks a score block has in shared memory
 constexpr int kMassThreads = 512;                    // pages per chunk of the mass (one a thread)
 constexpr int kMergeMaxCandidates = kMassThreads / 2;  // k of the merge path, at most
 constexpr int kMaxMassBlocks = 64;                   // mass blocks per job, at most
@@ -112,18 +115,41 @@ constexpr int32_t kPadIndex = INT_MAX;
 // ---- 1. scores ----
 
 // Shared memory of a score block for units of up to `heads` query heads of head_dim D: q's
-// positive and negative parts, the chunk's row scores, and its key min and max rows (stride
-// D + 8: 16-byte aligned rows, each starting one 16-byte bank group after the previous).
+// positive and negative parts, the chunk's row scores, and two stages of key min and max rows
+// (stride D + 8: 16-byte aligned rows, each starting one 16-byte bank group after the previous):
+// a block stages its next chunk while it scores this one.
 __host__ __device__ constexpr size_t score_smem_bytes(int heads, int D) {
   return sizeof(float) * (2 * static_cast<size_t>(heads) * D + static_cast<size_t>(kChunkRows) * heads) +
-         2 * sizeof(__nv_bfloat16) * kChunkRows * static_cast<size_t>(D + 8);
+         2 * kScoreStages * sizeof(__nv_bfloat16) * kChunkRows * static_cast<size_t>(D + 8);
 }
 
 // The two bf16 of a 32-bit word as floats (a bf16 is a float's upper half).
 __device__ inline float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ inline float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
-__global__ void __launch_bounds__(kScoreThreads) score_kernel(const SelectParams p, const SelectJob* __restrict__ jobs) {
+// Stages chunk c's key min and max rows into one stage (asynchronous copies, one commit
+// group): where each row starts in the pools, published to the block by the barrier, then its
+// 16-byte pieces (a row of D channels is contiguous; D is a multiple of 8). The offsets are
+// rewritten only a chunk later, after the barriers that follow the copies that read them.
+__device__ inline void stage_chunk(const SelectParams& p, const SelectJob& j, int32_t c, int32_t ppc, int per_page,
+                                   int64_t* row_base, __nv_bfloat16* kmin, __nv_bfloat16* kmax) {
+  const int D = p.head_dim, stride = D + 8, vecs = D / 8;
+  const int32_t page0 = c * ppc, rows = min(ppc, j.num_pages - page0) * per_page;
+  for (int r = threadIdx.x; r < rows; r += kScoreThreads)
+    row_base[r] = ((int64_t{p.page_indices[j.pages_begin + page0 + r / per_page]} * p.pool_heads + j.pool_index) *
+                       per_page + r % per_page) * D;
+  __syncthreads();
+  for (int e = threadIdx.x; e < rows * vecs; e += kScoreThreads) {
+    const int r = e / vecs, v = e % vecs;
+    tile::cp_async_16(kmin + r * stride + v * 8, p.key_min + row_base[r] + v * 8, true);
+    tile::cp_async_16(kmax + r * stride + v * 8, p.key_max + row_base[r] + v * 8, true);
+  }
+  tile::cp_async_commit();
+}
+
+// No __launch_bounds__: with it ptxas holds the kernel to 64 registers and spills (28 bytes);
+// without, 70 registers, no spill, and the two stages' shared memory allows 3 blocks an SM anyway.
+__global__ void score_kernel(const SelectParams p, const SelectJob* __restrict__ jobs) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int64_t row_base[kChunkRows];  // where each staged row starts in the pools (elements)
   allow_next_kernel();
@@ -135,8 +161,9 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const SelectParams
   float* q_pos = reinterpret_cast<float*>(smem);               // [G][D]: max(q, 0)
   float* q_neg = q_pos + p.max_job_heads * D;                  // [G][D]: min(q, 0)
   float* row_score = q_neg + p.max_job_heads * D;              // [kChunkRows][G]
-  __nv_bfloat16* kmin = reinterpret_cast<__nv_bfloat16*>(row_score + kChunkRows * p.max_job_heads);  // [rows][stride]
-  __nv_bfloat16* kmax = kmin + kChunkRows * stride;
+  // [stage][rows][stride] each
+  __nv_bfloat16* kmin_stages = reinterpret_cast<__nv_bfloat16*>(row_score + kChunkRows * p.max_job_heads);
+  __nv_bfloat16* kmax_stages = kmin_stages + kScoreStages * kChunkRows * stride;
   unsigned char* base = scratch_of(p, j);
   float* scores = reinterpret_cast<float*>(base + lay.scores);        // [G][n]
   float* chunk_max = reinterpret_cast<float*>(base + lay.chunk_max);  // [G][score_chunks]
@@ -149,24 +176,24 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const SelectParams
   }
 
   const int32_t n = j.num_pages, ppc = lay.pages_per_chunk;
-  for (int32_t c = blockIdx.y; c < lay.score_chunks; c += gridDim.y) {
+  auto stage_of = [&](int k) { return k * kChunkRows * stride; };
+  if (static_cast<int32_t>(blockIdx.y) < lay.score_chunks)
+    stage_chunk(p, j, blockIdx.y, ppc, per_page, row_base, kmin_stages, kmax_stages);
+  int k = 0;  // the stage of chunk c
+  for (int32_t c = blockIdx.y; c < lay.score_chunks; c += gridDim.y, k ^= 1) {
     const int32_t page0 = c * ppc, pages = min(ppc, n - page0), rows = pages * per_page;
-    for (int r = threadIdx.x; r < rows; r += kScoreThreads)
-      row_base[r] = ((int64_t{p.page_indices[j.pages_begin + page0 + r / per_page]} * p.pool_heads + j.pool_index) *
-                         per_page + r % per_page) * D;
+    // The next chunk into the other stage (its last reader finished at the previous iteration's
+    // final barrier), then wait for this one's copies only.
+    if (c + static_cast<int32_t>(gridDim.y) < lay.score_chunks)
+      stage_chunk(p, j, c + gridDim.y, ppc, per_page, row_base, kmin_stages + stage_of(k ^ 1),
+                  kmax_stages + stage_of(k ^ 1));
+    else
+      tile::cp_async_commit();  // an empty group: the wait below counts one group per chunk
+    tile::cp_async_wait<1>();
     __syncthreads();
-    // Stage the chunk's rows in 16-byte asynchronous copies (a row of D channels is contiguous
-    // in the pool; D is a multiple of 8), all in flight at once rather than a load and a store
-    // in turn.
+    const __nv_bfloat16* kmin = kmin_stages + stage_of(k);
+    const __nv_bfloat16* kmax = kmax_stages + stage_of(k);
     const int vecs = D / 8;
-    for (int e = threadIdx.x; e < rows * vecs; e += kScoreThreads) {
-      const int r = e / vecs, v = e % vecs;
-      tile::cp_async_16(kmin + r * stride + v * 8, p.key_min + row_base[r] + v * 8, true);
-      tile::cp_async_16(kmax + r * stride + v * 8, p.key_max + row_base[r] + v * 8, true);
-    }
-    tile::cp_async_commit();
-    tile::cp_async_wait<0>();
-    __syncthreads();
     // Each (row, head): the Quest bound over the channels in order, as the host sums it, s +=
     // max(q kmax, q kmin). Here s = fma(q_neg, kmin, fma(q_pos, kmax, s)): the same sum bit for
     // bit, since one of the two terms is zero and the other is the larger product (exact in
@@ -458,7 +485,10 @@ __device__ void radix_pick(const Layout& lay, int32_t n, const double* mass, dou
   }
 }
 
-__global__ void __launch_bounds__(kMassThreads) mass_kernel(const SelectParams p, const SelectJob* __restrict__ jobs) {
+// One block an SM at least, so up to 128 registers: with __launch_bounds__(kMassThreads) alone
+// ptxas held the kernel to 64 and spilled 104 bytes; it takes 88 with none. (That is one block
+// of 512 threads an SM rather than two: batch 8's 16 blocks a job then take more waves.)
+__global__ void __launch_bounds__(kMassThreads, 1) mass_kernel(const SelectParams p, const SelectJob* __restrict__ jobs) {
   __shared__ MassShared sh;
   allow_next_kernel();
   wait_for_previous_kernels();
@@ -557,15 +587,30 @@ __global__ void __launch_bounds__(kMassThreads) mass_kernel(const SelectParams p
   }
 }
 
-// Score blocks per job along the chunks: enough for a few waves over the GPU, whatever the batch.
-unsigned blocks_per_job(int32_t num_jobs) {
+// Score blocks per job along the chunks: the blocks that fit on the GPU at once (each walks its
+// chunks with the next one staging), shared among the jobs, whatever the batch.
+unsigned blocks_per_job(int32_t num_jobs, size_t smem) {
   static const int sms = [] {
     int device = 0, n = 0;
     LSERVE_CUDA_CHECK(cudaGetDevice(&device));
     LSERVE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
     return n;
   }();
-  return static_cast<unsigned>(std::clamp((4 * sms + num_jobs - 1) / std::max(num_jobs, 1), 1, 1024));
+  // Blocks an SM for this shared memory, asked once per size (launches happen every layer).
+  static std::mutex mutex;
+  static std::map<size_t, int> resident_for;
+  int resident = 0;
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    auto [it, fresh] = resident_for.try_emplace(smem, 0);
+    if (fresh)
+      LSERVE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&it->second, score_kernel, kScoreThreads, smem));
+    resident = it->second;
+  }
+  const int blocks = std::max(resident, 1) * sms;
+  // Rounded down: a block more per job than fits would run in a second, nearly empty wave (the
+  // chunk loop strides, so fewer blocks only take more chunks each).
+  return static_cast<unsigned>(std::clamp(blocks / std::max(num_jobs, 1), 1, 1024));
 }
 
 }  // namespace
@@ -590,9 +635,9 @@ void select_pages(const SelectParams& p, const SelectJob* jobs, int32_t num_jobs
   // Sized for this launch's units, not the largest: more blocks fit on an SM. (Unset: the largest.)
   SelectParams sized = p;
   if (sized.max_job_heads <= 0 || sized.max_job_heads > kMaxHeads) sized.max_job_heads = kMaxHeads;
-  const dim3 score_grid(static_cast<unsigned>(num_jobs), blocks_per_job(num_jobs));
-  launch_dependent(score_kernel, score_grid, dim3(kScoreThreads), score_smem_bytes(sized.max_job_heads, sized.head_dim),
-                   stream, sized, jobs);
+  const size_t score_smem = score_smem_bytes(sized.max_job_heads, sized.head_dim);
+  const dim3 score_grid(static_cast<unsigned>(num_jobs), blocks_per_job(num_jobs, score_smem));
+  launch_dependent(score_kernel, score_grid, dim3(kScoreThreads), score_smem, stream, sized, jobs);
   // A mass block per chunk of kMassThreads pages of the longest job, up to kMaxMassBlocks (a 1M
   // context at 64-token pages is 32 chunks): each block sorts one chunk, and the job's last
   // block waits for few idle ones.
