@@ -130,7 +130,8 @@ __device__ inline float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0
 // Stages chunk c's key min and max rows into one stage (asynchronous copies, one commit
 // group): where each row starts in the pools, published to the block by the barrier, then its
 // 16-byte pieces (a row of D channels is contiguous; D is a multiple of 8). The offsets are
-// rewritten only a chunk later, after the barriers that follow the copies that read them.
+// rewritten by the next call, so a barrier must separate this call's copy loop (which reads
+// them) from the next call: the loop's barriers do, and the prologue has its own.
 __device__ inline void stage_chunk(const SelectParams& p, const SelectJob& j, int32_t c, int32_t ppc, int per_page,
                                    int64_t* row_base, __nv_bfloat16* kmin, __nv_bfloat16* kmax) {
   const int D = p.head_dim, stride = D + 8, vecs = D / 8;
@@ -179,6 +180,7 @@ __global__ void score_kernel(const SelectParams p, const SelectJob* __restrict__
   auto stage_of = [&](int k) { return k * kChunkRows * stride; };
   if (static_cast<int32_t>(blockIdx.y) < lay.score_chunks)
     stage_chunk(p, j, blockIdx.y, ppc, per_page, row_base, kmin_stages, kmax_stages);
+  __syncthreads();  // the first chunk's copies have read row_base before the loop stages the next
   int k = 0;  // the stage of chunk c
   for (int32_t c = blockIdx.y; c < lay.score_chunks; c += gridDim.y, k ^= 1) {
     const int32_t page0 = c * ppc, pages = min(ppc, n - page0), rows = pages * per_page;
