@@ -87,13 +87,13 @@ if want dependent-launch; then
   done
 fi
 
-# Overlapped decode steps (--overlap-steps) off and on in one run (not in the default parts):
+# Overlapped decode steps (the default; --no-overlap-steps) off and on in one run (not in the default parts):
 # LServe at 256K x1 off, on, off, on (so that drift shows), dense at 256K x1 off and on, and
 # LServe at 128K x8 off and on.
 if want overlap; then
   echo "== overlapped decode steps off and on ($(elapsed))"
   e2e_run() {  # POLICY BATCH PROMPT MODE
-    local flag=()
+    local flag=(--no-overlap-steps)
     [ "$4" = on ] && flag=(--overlap-steps)
     echo "-- $1 at $3 x$2, overlap $4"
     timeout 300 build-gpu/lserve bench --device cuda --load-format dummy --model "$config" --attention "$1" \

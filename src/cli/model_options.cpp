@@ -34,9 +34,10 @@ void add_model_options(CLI::App* cmd, ModelOptions& o) {
                 "(programmatic dependent launch; off by default: slower end to end where measured)");
   cmd->add_flag("--unfused-kv-append", o.unfused_kv_append,
                 "with --device cuda: RoPE, the KV append and the key summaries as three kernels, not one (for comparison)");
-  cmd->add_flag("--overlap-steps", o.overlap_steps,
+  cmd->add_flag("--overlap-steps,!--no-overlap-steps", o.overlap_steps,
                 "with --device cuda: plan and queue each decode step while the one before it runs, fed by the "
-                "token it draws on the GPU, so the GPU does not wait for the host between steps");
+                "token it draws on the GPU, so the GPU does not wait for the host between steps (on by default: "
+                "faster end to end where measured; --no-overlap-steps runs one step after the other)");
   cmd->add_option("--threads,-t", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-context", o.max_context, "longest sequence served (default: the model's max_position_embeddings)")
       ->check(CLI::NonNegativeNumber);

@@ -26,7 +26,7 @@ struct ModelOptions {
   bool no_cuda_graphs = false;       // cuda: every launch from the host (debugging, comparison)
   bool dependent_launch = false;     // cuda: kernels may start while the one before them drains
   bool unfused_kv_append = false;    // cuda: RoPE, KV append and key summaries as three kernels
-  bool overlap_steps = false;        // plan and queue each decode step while the one before it runs
+  bool overlap_steps = true;         // plan and queue each decode step while the one before it runs
   int threads = 0;                   // 0: all cores
   int64_t max_context = 0;           // 0: the model's max_position_embeddings
   double kv_cache_gib = 0;           // 0: just what the command needs

@@ -42,6 +42,18 @@ d = {x["case"]: float(x["value"]) for x in rows if x["batch"] == "3"}
 assert abs(d["decode"] - 3000 / d["decode_step"]) < 1e-3 * d["decode"], d
 PY
 
+# Overlapped steps are the default; both spellings parse, and on the CPU (which draws no token on
+# a device) either way runs the plain loop: the same decode steps.
+for flag in --overlap-steps --no-overlap-steps; do
+  bench --batch 2 --prompt-tokens 32 --decode-tokens 4 --repeats 1 --json "$flag" >"$tmp/o$flag.json" 2>"$tmp/err.txt" ||
+    fail "$flag: $(tail -1 "$tmp/err.txt")"
+done
+python3 - "$tmp/o--overlap-steps.json" "$tmp/o--no-overlap-steps.json" <<'PY' || fail "overlap flags"
+import json, sys
+on, off = (json.loads(next(l for l in open(f) if l.startswith("{"))) for f in sys.argv[1:])
+assert on["decode_tokens"] == off["decode_tokens"] and on["batch"] == off["batch"] == 2, (on, off)
+PY
+
 # Bad flags and impossible runs: one line, exit 1 (ours) or CLI11's usage error.
 expect_error() {  # pattern, args...
   local pattern=$1; shift
