@@ -20,21 +20,29 @@
 namespace lserve {
 namespace {
 
-// The trained bundled model under a policy: its profiled head pattern, windows far below the prompt.
+// The trained bundled model under a policy: its profiled head pattern, windows far below the
+// prompt; decode steps replayed from CUDA graphs or (graphs = false) launched from the host.
 struct Trained {
   std::filesystem::path dir = test::bundled_model_dirs("head_pattern.txt").back();
   ModelConfig config = ModelConfig::from_file(dir / "config.json");
-  std::unique_ptr<Backend> backend = make_cuda_backend(CudaBackendOptions{});
-  LlamaModel model{config, load_weights(config, dir, *backend), *backend, 4096};
+  std::unique_ptr<Backend> backend;
+  LlamaModel model;
   SparsityConfig sparsity;
   KvCache cache;
 
-  explicit Trained(const SparsityConfig& s)
-      : sparsity(s),
+  explicit Trained(const SparsityConfig& s, bool graphs = true)
+      : backend(make_cuda_backend(backend_options(graphs))),
+        model(config, load_weights(config, dir, *backend), *backend, 4096),
+        sparsity(s),
         cache(config,
               s.has_streaming_heads() ? HeadPattern::load(dir / "head_pattern.txt")
                                       : HeadPattern::all_retrieval(config.num_layers, config.num_kv_heads),
               options(s), *backend) {}
+  static CudaBackendOptions backend_options(bool graphs) {
+    CudaBackendOptions o;
+    o.graphs = graphs;
+    return o;
+  }
   static KvCacheOptions options(const SparsityConfig& s) {
     KvCacheOptions o;
     o.page_size = s.page_size;
@@ -72,12 +80,16 @@ std::vector<int32_t> random_prompt(size_t n, uint32_t seed, int64_t vocab) {
 struct Case {
   const char* name;
   SparsityConfig sparsity;
+  bool graphs = true;
 };
 std::vector<Case> cases() {
   return {{"dense", dense()},
           {"lserve, a selection per KV head, every 2 steps", lserve(SelectionGranularity::KvHead, 2)},
           {"lserve, a selection per KV head, every 4 steps", lserve(SelectionGranularity::KvHead, 4)},
-          {"lserve, a selection per query head, every 3 steps", lserve(SelectionGranularity::QueryHead, 3)}};
+          {"lserve, a selection per query head, every 3 steps", lserve(SelectionGranularity::QueryHead, 3)},
+          // The CLI overlaps by default, --no-cuda-graphs included.
+          {"lserve, a selection per KV head, every 4 steps, no CUDA graphs", lserve(SelectionGranularity::KvHead, 4),
+           false}};
 }
 
 TEST(CudaOverlap, GeneratorComputesWhatThePlainLoopDoes) {
@@ -85,7 +97,7 @@ TEST(CudaOverlap, GeneratorComputesWhatThePlainLoopDoes) {
   if (test::bundled_model_dirs("head_pattern.txt").empty()) GTEST_SKIP() << "no bundled model with a head pattern";
   for (const Case& c : cases()) {
     SCOPED_TRACE(c.name);
-    Trained t(c.sparsity);
+    Trained t(c.sparsity, c.graphs);
     Generator gen(t.model, t.cache, nullptr, 100, &t.sparsity);
     for (float temperature : {0.0f, 0.8f}) {
       GenerationRequest req;
@@ -132,7 +144,7 @@ TEST(CudaOverlap, EngineServesWhatItServesWithoutOverlap) {
   for (const Case& c : cases()) {
     SCOPED_TRACE(c.name);
     auto run = [&](bool overlap) {
-      Trained t(c.sparsity);
+      Trained t(c.sparsity, c.graphs);
       EngineOptions options;
       options.scheduler.max_running = 8;
       options.prefix_caching = false;
