@@ -375,6 +375,51 @@ TEST_P(OverlappedDecode, EngineGoesOnPastRequestsThatEnd) {
   EXPECT_EQ(overlapped, static_cast<int64_t>(std::max<size_t>(19, at + 1)) - 1);
 }
 
+// More requests than the batch holds (max_running 2): while the others wait, a full batch whose
+// rows all go on overlaps too, since the scheduler could admit none of them; the step before a
+// row's last token drains the pipeline, so that the next plan admits the first waiting request
+// as the plain loop does (the same batches, the same tokens).
+TEST_P(OverlappedDecode, EngineOverlapsAFullBatchWhileRequestsWait) {
+  const int64_t budgets[] = {10, 20, 15, 12};
+  std::vector<RequestParams> requests;
+  for (int i = 0; i < 4; ++i) {
+    RequestParams p;
+    p.prompt = request(100, 0, 70 + static_cast<uint32_t>(i)).prompt;
+    p.max_tokens = budgets[i];
+    p.ignore_eos = true;
+    p.sampling.temperature = i % 2 ? 0.8f : 0.0f;
+    p.sampling.seed = 3 + static_cast<uint64_t>(i);
+    requests.push_back(p);
+  }
+  auto run = [&](bool overlap, int64_t* overlapped) {
+    Rig rig(GetParam());
+    Engine engine(rig.model, *rig.cache, &rig.tokenizer, rig.sparsity, engine_options(overlap, 2048, 2));
+    std::vector<std::vector<int32_t>> got(requests.size());
+    for (size_t i = 0; i < requests.size(); ++i)
+      engine.submit(requests[i],
+                    [&got, i](RequestOutput&& o) { got[i].insert(got[i].end(), o.tokens.begin(), o.tokens.end()); });
+    engine.run_until_idle();
+    EXPECT_EQ(rig.cache->allocator(HeadKind::Retrieval).num_used(), 0);
+    EXPECT_EQ(rig.cache->allocator(HeadKind::Streaming).num_used(), 0);
+    *overlapped = rig.backend.overlapped;
+    return got;
+  };
+  int64_t none = 0, overlapped = 0;
+  const auto want = run(false, &none);
+  const auto got = run(true, &overlapped);
+  EXPECT_EQ(none, 0);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_EQ(got[i].size(), static_cast<size_t>(budgets[i]));
+    EXPECT_EQ(got[i], want[i]) << "request " << i;
+  }
+  // Batches: {0, 1} until 0's 10th token, then {1, 2} until 1's 20th, then {2, 3}, then {3}.
+  // Each begins with a prefill step and a first decode step that is not overlapped; the steps
+  // drawing tokens 3..10 of request 0 and 13..20 of request 1 are, while requests wait (8 + 8),
+  // and then those drawing 13..15 of request 2 and 6..12 of request 3 (10). Without overlapping
+  // while requests wait, only the last 10.
+  EXPECT_EQ(overlapped, 26);
+}
+
 // Random traffic: requests of random lengths and budgets arriving at random steps, greedy or
 // sampled, some ending on an EOS token or a stop string, some aborted at a random step. Every
 // request that is not aborted gets the same tokens, text and finish reason as without overlap,

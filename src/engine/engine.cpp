@@ -349,10 +349,9 @@ bool Engine::queue_next_step() {
     std::lock_guard lock(mutex_);
     if (!inbox_.empty() || !aborts_.empty()) return false;  // the next step's batch may change
   }
-  // The scheduler would plan these rows again: nothing waits, every running sequence is a row of
-  // the queued step, and the next step takes those that go on past its token (their
-  // num_generated() + 1-th): not the ones it ends by length, nor the ones already ended.
-  if (!scheduler_.waiting().empty()) return false;
+  // The scheduler would plan these rows again: every running sequence is a row of the queued
+  // step, and the next step takes those that go on past its token (their num_generated() +
+  // 1-th): not the ones it ends by length, nor the ones already ended.
   std::vector<int32_t> from;  // the rows of `last` that go on
   size_t running = 0;
   for (size_t i = 0; i < last.rows.size(); ++i) {
@@ -364,6 +363,12 @@ bool Engine::queue_next_step() {
       from.push_back(static_cast<int32_t>(i));
   }
   if (running != scheduler_.running().size() || from.empty()) return false;
+  // Nor would it admit a waiting sequence: none waits, or the batch is full and stays so (every
+  // row goes on). A row that ends on the queued token by EOS or a stop string frees its place a
+  // step later than without overlap, so a waiting sequence is then admitted a step later.
+  const bool batch_stays_full =
+      from.size() == running && static_cast<int64_t>(running) >= scheduler_.options().max_running;
+  if (!scheduler_.waiting().empty() && !batch_stays_full) return false;
   // Pages for one more token each (a sequence that does not fit is the scheduler's to preempt).
   for (int32_t i : from) {
     try {

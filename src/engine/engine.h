@@ -31,8 +31,9 @@ struct EngineOptions {
   bool prefix_caching = true;
   // Overlapped decode steps (as Generator::set_overlap_steps): while a step of decode rows runs
   // on the device, the next one for the sequences that go on is planned and queued, fed by the
-  // tokens it draws there, before its tokens are read back. Only while nothing waits to be
-  // admitted, no row samples on the host, and the backend can overlap the two steps; a sequence
+  // tokens it draws there, before its tokens are read back. Only while the next plan would admit
+  // nothing (none waits, or the batch is full at max_running and every row goes on), no row
+  // samples on the host, and the backend can overlap the two steps; a sequence
   // that ends on the first step's token by EOS or a stop string computes one token past its end,
   // which is dropped (one that ends by length is left out of the next step).
   bool overlap_steps = false;
