@@ -48,6 +48,7 @@ class DrawingCpuBackend final : public Backend {
     overlap_next_ = false;
     reads_.push_back({});
     batch_ = &batch;
+    steps.push_back({batch.num_seqs(), batch.num_tokens()});
     cpu_->begin_step(batch, heads);
   }
   // As the CUDA backend does, a step's KV reads reach its sequences at its end_step.
@@ -138,6 +139,7 @@ class DrawingCpuBackend final : public Backend {
   void synchronize() override { cpu_->synchronize(); }
 
   int64_t overlapped = 0;
+  std::vector<std::array<int64_t, 2>> steps;  // each step's sequences and tokens, in order
 
  private:
   std::unique_ptr<Backend> cpu_ = make_cpu_backend(2);
@@ -378,7 +380,7 @@ TEST_P(OverlappedDecode, EngineGoesOnPastRequestsThatEnd) {
 // More requests than the batch holds (max_running 2): while the others wait, a full batch whose
 // rows all go on overlaps too, since the scheduler could admit none of them; the step before a
 // row's last token drains the pipeline, so that the next plan admits the first waiting request
-// as the plain loop does (the same batches, the same tokens).
+// as the plain loop does: the same steps, of the same sequences and tokens, in the same order.
 TEST_P(OverlappedDecode, EngineOverlapsAFullBatchWhileRequestsWait) {
   const int64_t budgets[] = {10, 20, 15, 12};
   std::vector<RequestParams> requests;
@@ -391,33 +393,66 @@ TEST_P(OverlappedDecode, EngineOverlapsAFullBatchWhileRequestsWait) {
     p.sampling.seed = 3 + static_cast<uint64_t>(i);
     requests.push_back(p);
   }
-  auto run = [&](bool overlap, int64_t* overlapped) {
+  struct Run {
+    std::vector<std::vector<int32_t>> tokens;
+    std::vector<std::array<int64_t, 2>> steps;
+    int64_t overlapped = 0;
+  };
+  auto run = [&](const std::vector<RequestParams>& rs, bool overlap) {
     Rig rig(GetParam());
     Engine engine(rig.model, *rig.cache, &rig.tokenizer, rig.sparsity, engine_options(overlap, 2048, 2));
-    std::vector<std::vector<int32_t>> got(requests.size());
-    for (size_t i = 0; i < requests.size(); ++i)
-      engine.submit(requests[i],
-                    [&got, i](RequestOutput&& o) { got[i].insert(got[i].end(), o.tokens.begin(), o.tokens.end()); });
+    Run out;
+    out.tokens.resize(rs.size());
+    for (size_t i = 0; i < rs.size(); ++i)
+      engine.submit(rs[i], [&out, i](RequestOutput&& o) {
+        out.tokens[i].insert(out.tokens[i].end(), o.tokens.begin(), o.tokens.end());
+      });
     engine.run_until_idle();
     EXPECT_EQ(rig.cache->allocator(HeadKind::Retrieval).num_used(), 0);
     EXPECT_EQ(rig.cache->allocator(HeadKind::Streaming).num_used(), 0);
-    *overlapped = rig.backend.overlapped;
-    return got;
+    out.steps = rig.backend.steps;
+    out.overlapped = rig.backend.overlapped;
+    return out;
   };
-  int64_t none = 0, overlapped = 0;
-  const auto want = run(false, &none);
-  const auto got = run(true, &overlapped);
-  EXPECT_EQ(none, 0);
+  const Run want = run(requests, false);
+  const Run got = run(requests, true);
   for (size_t i = 0; i < requests.size(); ++i) {
-    ASSERT_EQ(got[i].size(), static_cast<size_t>(budgets[i]));
-    EXPECT_EQ(got[i], want[i]) << "request " << i;
+    ASSERT_EQ(got.tokens[i].size(), static_cast<size_t>(budgets[i]));
+    EXPECT_EQ(got.tokens[i], want.tokens[i]) << "request " << i;
   }
-  // Batches: {0, 1} until 0's 10th token, then {1, 2} until 1's 20th, then {2, 3}, then {3}.
-  // Each begins with a prefill step and a first decode step that is not overlapped; the steps
-  // drawing tokens 3..10 of request 0 and 13..20 of request 1 are, while requests wait (8 + 8),
-  // and then those drawing 13..15 of request 2 and 6..12 of request 3 (10). Without overlapping
-  // while requests wait, only the last 10.
-  EXPECT_EQ(overlapped, 26);
+  // Batches: {0, 1} until 0's 10th token, then {1, 2} until 1's 20th, then {2, 3}, then {3};
+  // each new request's prompt is prefilled beside the row that goes on.
+  EXPECT_EQ(got.steps, want.steps);
+  // Each batch begins with a prefill step and a first decode step that is not overlapped; the
+  // steps drawing tokens 3..10 of request 0 and 13..20 of request 1 are, while requests wait
+  // (8 + 8), and then those drawing 13..15 of request 2 and 6..12 of request 3 (10). Without
+  // overlapping while requests wait, only the last 10.
+  EXPECT_EQ(got.overlapped, 26);
+
+  // Request 1 (sampled) ends on an EOS instead while request 0 still runs: on the first of its
+  // tokens 4..9 that no earlier one equals. Its place is freed a step later than without
+  // overlap, so request 2's prompt is prefilled a step later; what every request gets is the same.
+  const std::vector<int32_t>& drawn = want.tokens[1];
+  size_t at = 3;
+  while (at < 9 && std::find(drawn.begin(), drawn.begin() + static_cast<std::ptrdiff_t>(at), drawn[at]) !=
+                       drawn.begin() + static_cast<std::ptrdiff_t>(at))
+    ++at;
+  ASSERT_LT(at, 9u) << "no token to end on while the batch is full";
+  std::vector<RequestParams> eos = requests;
+  eos[1].ignore_eos = false;
+  eos[1].eos_token_ids = {drawn[at]};
+  const Run want_eos = run(eos, false);
+  const Run got_eos = run(eos, true);
+  ASSERT_EQ(want_eos.tokens[1].size(), at);
+  for (size_t i = 0; i < requests.size(); ++i) EXPECT_EQ(got_eos.tokens[i], want_eos.tokens[i]) << "request " << i;
+  auto second_prefill = [](const Run& r) {  // the step that prefills request 2's prompt
+    size_t prefills = 0;
+    for (size_t k = 0; k < r.steps.size(); ++k)
+      if (r.steps[k][1] > r.steps[k][0] && ++prefills == 2) return k;
+    return r.steps.size();
+  };
+  EXPECT_EQ(second_prefill(got_eos), second_prefill(want_eos) + 1);
+  EXPECT_GT(got_eos.overlapped, 0);
 }
 
 // Random traffic: requests of random lengths and budgets arriving at random steps, greedy or
