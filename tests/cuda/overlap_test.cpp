@@ -92,6 +92,15 @@ std::vector<Case> cases() {
            false}};
 }
 
+// The engine tests' options: no prefix caching, so that every page is free at the end.
+EngineOptions engine_options(bool overlap, int32_t max_running) {
+  EngineOptions o;
+  o.scheduler.max_running = max_running;
+  o.prefix_caching = false;
+  o.overlap_steps = overlap;
+  return o;
+}
+
 TEST(CudaOverlap, GeneratorComputesWhatThePlainLoopDoes) {
   LSERVE_SKIP_WITHOUT_GPU();
   if (test::bundled_model_dirs("head_pattern.txt").empty()) GTEST_SKIP() << "no bundled model with a head pattern";
@@ -145,11 +154,7 @@ TEST(CudaOverlap, EngineServesWhatItServesWithoutOverlap) {
     SCOPED_TRACE(c.name);
     auto run = [&](bool overlap) {
       Trained t(c.sparsity, c.graphs);
-      EngineOptions options;
-      options.scheduler.max_running = 8;
-      options.prefix_caching = false;
-      options.overlap_steps = overlap;
-      Engine engine(t.model, t.cache, nullptr, t.sparsity, options);
+      Engine engine(t.model, t.cache, nullptr, t.sparsity, engine_options(overlap, 8));
       const auto out = test::serve_mixed_batch(engine, t.config.vocab_size);
       t.expect_no_pages_used();
       return std::make_pair(out, cuda_step_stats(*t.backend).overlapped);
@@ -172,11 +177,7 @@ TEST(CudaOverlap, SelectionsOutOfPhaseInOneBatch) {
   if (test::bundled_model_dirs("head_pattern.txt").empty()) GTEST_SKIP() << "no bundled model with a head pattern";
   auto run = [&](bool overlap) {
     Trained t(lserve(SelectionGranularity::KvHead, 2));
-    EngineOptions options;
-    options.scheduler.max_running = 4;
-    options.prefix_caching = false;
-    options.overlap_steps = overlap;
-    Engine engine(t.model, t.cache, nullptr, t.sparsity, options);
+    Engine engine(t.model, t.cache, nullptr, t.sparsity, engine_options(overlap, 4));
     std::vector<std::vector<int32_t>> out(4);
     for (int i = 0; i < 4; ++i) {
       RequestParams p;
@@ -211,11 +212,7 @@ TEST(CudaOverlap, EngineEndsRequestsMidPipeline) {
   LSERVE_SKIP_WITHOUT_GPU();
   if (test::bundled_model_dirs("head_pattern.txt").empty()) GTEST_SKIP() << "no bundled model with a head pattern";
   Trained t(lserve(SelectionGranularity::KvHead, 3));
-  EngineOptions options;
-  options.scheduler.max_running = 8;
-  options.prefix_caching = false;
-  options.overlap_steps = true;
-  Engine engine(t.model, t.cache, nullptr, t.sparsity, options);
+  Engine engine(t.model, t.cache, nullptr, t.sparsity, engine_options(true, 8));
   auto request = [&](uint32_t seed) {
     RequestParams p;
     p.prompt = random_prompt(300, seed, t.config.vocab_size);
