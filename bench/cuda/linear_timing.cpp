@@ -4,6 +4,8 @@
 // which takes our skinny kernel (skinny_linear.h) where it wins and cuBLASLt elsewhere. q/k/v
 // and gate/up go through the ops the model calls (linear_group, gated_linear), so the first
 // column is three linears, or two and silu_mul.
+// Then o_proj and down_proj with the residual add and RMSNorm after them (linear_add_rms_norm),
+// at one and two rows: the norm as its own kernel, against the end of the linear's kernel.
 // Every timed call cycles over enough copies of its weights (at least 512 MiB) that none is
 // still in L2 when it comes round again; times are medians of timed repeats.
 //
@@ -136,7 +138,36 @@ int run(bool dependent_launch) {
                 static_cast<long long>(T), layer_bytes / 1e6, layer_cublas, layer_skinny, layer_cublas / layer_skinny,
                 100.0 * layer_bytes / (layer_cublas * 1e3) / bw, 100.0 * layer_bytes / (layer_skinny * 1e3) / bw);
   }
-  std::printf("%% = weight bytes read over the time, against the copy bandwidth\n");
+  std::printf("%% = weight bytes read over the time, against the copy bandwidth\n\n");
+
+  CudaBackendOptions apart_options = ours;
+  apart_options.fused_linear_norm = false;
+  auto apart = make_cuda_backend(apart_options);
+  std::printf("%-32s %4s %9s %9s %9s %9s\n", "linear, residual add and norm", "rows", "MB", "apart", "fused", "speedup");
+  const std::vector<Op> normed_ops = {{"o_proj + add_rms_norm", {{kHidden, kHeads * kHeadDim}}, Op::Single},
+                                      {"down_proj + add_rms_norm", {{kHidden, kFfn}}, Op::Single}};
+  for (int64_t T : {1, 2}) {
+    for (const Op& op : normed_ops) {
+      const auto [N, K] = op.weights[0];
+      const double bytes = static_cast<double>(N * K) * 2;
+      const int copies = std::max(2, static_cast<int>((512.0 * 1048576) / bytes) + 1);
+      double us[2];
+      Backend* backends[2] = {apart.get(), skinny.get()};
+      for (int which = 0; which < 2; ++which) {
+        Backend& gpu = *backends[which];
+        Buffer x = make(gpu, T, K), product = make(gpu, T, N), residual = make(gpu, T, N), normed = make(gpu, T, N);
+        Buffer norm_weight = make(gpu, 1, N);
+        std::vector<Buffer> w;
+        for (int c = 0; c < copies; ++c) w.push_back(make(gpu, N, K));
+        const Tensor nw = norm_weight.mem->view(DType::BF16, Shape{N}, Device::Cuda);
+        us[which] = time_us(gpu, copies, [&](int c) {
+          gpu.linear_add_rms_norm(x.t, w[static_cast<size_t>(c)].t, product.t, residual.t, nw, 1e-5f, normed.t);
+        });
+      }
+      std::printf("%-32s %4lld %9.1f %8.1fus %8.1fus %8.2fx\n", op.name, static_cast<long long>(T), bytes / 1e6, us[0],
+                  us[1], us[0] / us[1]);
+    }
+  }
   return 0;
 }
 

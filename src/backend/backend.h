@@ -173,6 +173,15 @@ class Backend {
   virtual void add_rms_norm(Tensor residual, const Tensor& x, const Tensor& weight, float eps, Tensor out) = 0;
   // out = x @ weight^T (+ bias).  x: [T, K]; weight: [N, K] (HF's nn.Linear layout); bias: [N] or empty; out: [T, N].
   virtual void linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) = 0;
+  // A linear whose product joins the residual stream, and the norm after it, as one op so that
+  // a backend may end the linear's kernel with the norm: product = x @ weight^T (no bias);
+  // residual += product; out = rms_norm(residual) * norm_weight. product: [T, N]; residual and
+  // out: [T, N], neither aliasing product or x. The default runs linear, then add_rms_norm.
+  virtual void linear_add_rms_norm(const Tensor& x, const Tensor& weight, Tensor product, Tensor residual,
+                                   const Tensor& norm_weight, float eps, Tensor out) {
+    linear(x, weight, Tensor{}, product);
+    add_rms_norm(residual, product, norm_weight, eps, out);
+  }
   // Several linears of the same x (q, k and v): out_i = x @ weight_i^T (+ bias_i), as one op
   // so that a backend may run them in one kernel. The default runs one linear each.
   struct LinearOut {

@@ -34,6 +34,9 @@ void add_model_options(CLI::App* cmd, ModelOptions& o) {
                 "(programmatic dependent launch; off by default: slower end to end where measured)");
   cmd->add_flag("--unfused-kv-append", o.unfused_kv_append,
                 "with --device cuda: RoPE, the KV append and the key summaries as three kernels, not one (for comparison)");
+  cmd->add_flag("--unfused-norm", o.unfused_norm,
+                "with --device cuda: the residual add and RMSNorm after o_proj and down_proj as a kernel of their own, "
+                "not the end of the linear's (for comparison)");
   cmd->add_flag("--overlap-steps,!--no-overlap-steps", o.overlap_steps,
                 "with --device cuda: plan and queue each decode step while the one before it runs, fed by the "
                 "token it draws on the GPU, so the GPU does not wait for the host between steps (on by default: "
@@ -166,6 +169,7 @@ LoadedModel load_model(const ModelOptions& o) {
     cuda.graphs = !o.no_cuda_graphs;
     cuda.dependent_launch = o.dependent_launch;
     cuda.fused_rope_kv_append = !o.unfused_kv_append;
+    cuda.fused_linear_norm = !o.unfused_norm;
     m.backend = make_cuda_backend(cuda);
 #else
     fail("--device cuda: this lserve was built without the CUDA backend (configure with -DLSERVE_CUDA=ON)");

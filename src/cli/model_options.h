@@ -26,6 +26,7 @@ struct ModelOptions {
   bool no_cuda_graphs = false;       // cuda: every launch from the host (debugging, comparison)
   bool dependent_launch = false;     // cuda: kernels may start while the one before them drains
   bool unfused_kv_append = false;    // cuda: RoPE, KV append and key summaries as three kernels
+  bool unfused_norm = false;         // cuda: the residual add and norm after o_proj / down_proj as their own kernel
   bool overlap_steps = true;         // plan and queue each decode step while the one before it runs
   int threads = 0;                   // 0: all cores
   int64_t max_context = 0;           // 0: the model's max_position_embeddings

@@ -231,13 +231,14 @@ void LlamaModel::record_or_replay(const StepKey& key, bool recordable, const Att
     for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
       attention_block(layer, T, batch, cache);
       // hidden += attn @ o_proj^T, then normed = post-attention norm of hidden.
-      Tensor o = s.rows.rows(0, T);  // reuse: [T, H]
-      backend_.linear(s.attn.rows(0, T), weights_.layers[layer].o_proj, Tensor{}, o);
-      backend_.add_rms_norm(hidden, o, weights_.layers[layer].post_attention_norm, eps, normed);
-      mlp_block(layer, T);
+      const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
+      Tensor product = s.rows.rows(0, T);  // reuse: [T, H]
+      backend_.linear_add_rms_norm(s.attn.rows(0, T), w.o_proj, product, hidden, w.post_attention_norm, eps, normed);
+      // hidden += down_proj(mlp's first half), then normed = the next layer's input norm of it.
+      mlp_gated_half(layer, T);
       const Tensor& next_norm =
           layer + 1 < config_.num_layers ? weights_.layers[layer + 1].input_norm : weights_.final_norm;
-      backend_.add_rms_norm(hidden, s.rows.rows(0, T), next_norm, eps, normed);
+      backend_.linear_add_rms_norm(s.gate.rows(0, T), w.down_proj, product, hidden, next_norm, eps, normed);
     }
     if (R == 0) return;
     // Only the requested rows go through lm_head (a prefill chunk needs just its last row).
@@ -316,12 +317,11 @@ void LlamaModel::attention_block(int64_t layer, int64_t T, const AttentionBatch&
   backend_.attention(cache, layer, q, batch, scale, s.attn.rows(0, T));
 }
 
-void LlamaModel::mlp_block(int64_t layer, int64_t T) {
+void LlamaModel::mlp_gated_half(int64_t layer, int64_t T) {
   Scratch& s = *scratch_;
   const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
   Tensor x = s.normed.rows(0, T), gate = s.gate.rows(0, T), up = s.up.rows(0, T);
   backend_.gated_linear(x, w.gate_proj, w.up_proj, gate, up, gate);
-  backend_.linear(gate, w.down_proj, Tensor{}, s.rows.rows(0, T));
 }
 
 }  // namespace lserve

@@ -83,7 +83,7 @@ class LlamaModel {
   // Identifies the buffers a step's ops touch (scratch, the KV pools): part of a recorded step's key.
   uint64_t buffers_identity(const KvCache& cache, const AttentionBatch& batch) const;
   void attention_block(int64_t layer, int64_t T, const AttentionBatch& batch, KvCache& cache);
-  void mlp_block(int64_t layer, int64_t T);
+  void mlp_gated_half(int64_t layer, int64_t T);  // gate = silu(normed @ gate^T) * (normed @ up^T)
 
   ModelConfig config_;
   ModelWeights weights_;

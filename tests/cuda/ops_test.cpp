@@ -112,6 +112,53 @@ TEST_F(CudaOps, Linear) {
   }
 }
 
+// A linear, the residual add and the norm after it (o_proj, down_proj): at one row the skinny
+// kernel's last block runs the norm; other shapes (more rows, a row count not a multiple of 8)
+// fall back to the two ops. Either way the CPU's three ops, and bit for bit what the GPU
+// gives with the norm as its own kernel. Launches in a row share the stream's arrival counter,
+// so each must leave it at zero for the next: three in a row per case.
+TEST_F(CudaOps, LinearAddRmsNorm) {
+  CudaBackendOptions apart_options;
+  apart_options.fused_linear_norm = false;
+  auto apart = make_cuda_backend(apart_options);
+  struct Case {
+    int64_t T, K, N;
+  };
+  for (const Case c : {Case{1, 4096, 4096}, Case{1, 14336, 4096}, Case{1, 64, 48}, Case{1, 256, 1000},
+                       Case{1, 256, 1002}, Case{2, 256, 1000}}) {
+    const auto wv = random_bf16(static_cast<size_t>(c.N * c.K), rng_, 0.05f);
+    const auto nv = random_bf16(static_cast<size_t>(c.N), rng_, 1.0f);
+    const auto cw = prepare(*cpu_, Shape{c.N, c.K}, wv), cn = prepare(*cpu_, Shape{c.N}, nv);
+    const auto gw = prepare(*gpu_, Shape{c.N, c.K}, wv, DType::BF16), gn = prepare(*gpu_, Shape{c.N}, nv, DType::BF16);
+    const auto aw = prepare(*apart, Shape{c.N, c.K}, wv, DType::BF16), an = prepare(*apart, Shape{c.N}, nv, DType::BF16);
+    for (int launch = 0; launch < 3; ++launch) {
+      SCOPED_TRACE(where() << " T " << c.T << " K " << c.K << " N " << c.N << " launch " << launch);
+      const auto x = random_bf16(static_cast<size_t>(c.T * c.K), rng_);
+      const auto r = random_bf16(static_cast<size_t>(c.T * c.N), rng_, 2.0f);
+      auto cx = put(*cpu_, Shape{c.T, c.K}, x), cr = put(*cpu_, Shape{c.T, c.N}, r);
+      auto cprod = test::make_tensor(*cpu_, DType::F32, Shape{c.T, c.N});
+      auto cout = test::make_tensor(*cpu_, DType::F32, Shape{c.T, c.N});
+      cpu_->linear(cx.t, cw.t, Tensor{}, cprod.t);
+      cpu_->add_rms_norm(cr.t, cprod.t, cn.t, 1e-5f, cout.t);
+
+      auto gx = put(*gpu_, Shape{c.T, c.K}, x), gr = put(*gpu_, Shape{c.T, c.N}, r);
+      auto gprod = poisoned(*gpu_, DType::BF16, Shape{c.T, c.N}), gout = poisoned(*gpu_, DType::BF16, Shape{c.T, c.N});
+      gpu_->linear_add_rms_norm(gx.t, gw.t, gprod.t, gr.t, gn.t, 1e-5f, gout.t);
+      auto ax = put(*apart, Shape{c.T, c.K}, x), ar = put(*apart, Shape{c.T, c.N}, r);
+      auto aprod = poisoned(*apart, DType::BF16, Shape{c.T, c.N}), aout = poisoned(*apart, DType::BF16, Shape{c.T, c.N});
+      apart->linear_add_rms_norm(ax.t, aw.t, aprod.t, ar.t, an.t, 1e-5f, aout.t);
+
+      const auto prod = fetch(*gpu_, gprod.t), residual = fetch(*gpu_, gr.t), out = fetch(*gpu_, gout.t);
+      EXPECT_BF16_CLOSE(prod, fetch(*cpu_, cprod.t));
+      EXPECT_BF16_CLOSE(residual, fetch(*cpu_, cr.t));
+      EXPECT_BF16_CLOSE(out, fetch(*cpu_, cout.t));
+      EXPECT_EQ(prod, fetch(*apart, aprod.t));
+      EXPECT_EQ(residual, fetch(*apart, ar.t));
+      EXPECT_EQ(out, fetch(*apart, aout.t));
+    }
+  }
+}
+
 // q, k and v in one op: decode-sized batches run as one skinny launch, the rest (more rows,
 // K not a multiple of 8, an odd row count) fall back to cuBLASLt; either way each output is
 // the CPU's linear.

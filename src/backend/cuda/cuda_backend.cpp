@@ -92,6 +92,7 @@ class CudaBackend final : public Backend {
     // the stream, and an overlapped step for the one before. Two uploads a step, two steps.
     select_uploader_ = std::make_unique<cuda::PinnedUploader>(stream_, 4);
     linear_ = std::make_unique<cuda::CublasLtLinear>(stream_);
+    norm_arrivals_ = norm_arrivals_buffer_.ensure(1, stream_);  // now: never inside a recording
   }
 
   ~CudaBackend() override {
@@ -470,6 +471,28 @@ class CudaBackend final : public Backend {
     }
     linear_->run(bf16_of(x), bf16_of(weight), bias.empty() ? nullptr : bf16_of(bias), out.data,
                  out.dtype == DType::F32, T, N, K);
+  }
+
+  void linear_add_rms_norm(const Tensor& x, const Tensor& weight, Tensor product, Tensor residual,
+                           const Tensor& norm_weight, float eps, Tensor out) override {
+    const int64_t T = x.dim(0), K = x.dim(1), N = weight.dim(0);
+    if (options_.skinny_linear && options_.fused_linear_norm && T <= cuda::kSkinnyFusedNormMaxTokens &&
+        product.dtype == DType::BF16) {
+      expect_bf16(x, "linear input");
+      expect_bf16(weight, "linear weight");
+      expect_bf16(residual, "residual");
+      expect_bf16(norm_weight, "add_rms_norm weight");
+      expect_bf16(out, "add_rms_norm output");
+      LSERVE_CHECK(weight.dim(1) == K && product.dim(0) == T && product.dim(1) == N && residual.dim(0) == T &&
+                       residual.dim(1) == N && out.dim(0) == T && out.dim(1) == N && norm_weight.numel() == N,
+                   "linear_add_rms_norm shapes x {} w {} product {} residual {} norm {} out {}", x.shape.str(),
+                   weight.shape.str(), product.shape.str(), residual.shape.str(), norm_weight.shape.str(),
+                   out.shape.str());
+      if (cuda::skinny_linear_add_rms_norm(bf16_of(x), T, K, bf16_of(weight), N, bf16_of(product), bf16_of(residual),
+                                           bf16_of(norm_weight), eps, bf16_of(out), norm_arrivals_, stream_))
+        return;
+    }
+    Backend::linear_add_rms_norm(x, weight, product, residual, norm_weight, eps, out);
   }
 
   void linear_group(const Tensor& x, std::span<const LinearOut> outs) override {
@@ -1317,6 +1340,10 @@ class CudaBackend final : public Backend {
   float* partial_o_ = nullptr;
   float* partial_lse_ = nullptr;
   cuda::ArrivalCounters merge_arrivals_buffer_;
+  // The fused norm's counter (skinny_linear_add_rms_norm): one for the stream, whose launches
+  // run one after another.
+  cuda::ArrivalCounters norm_arrivals_buffer_;
+  uint32_t* norm_arrivals_ = nullptr;
   uint32_t* merge_arrivals_ = nullptr;
   std::map<int64_t, int32_t> max_splits_;  // (head_dim, KV heads) -> decode_max_splits
 

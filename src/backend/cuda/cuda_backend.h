@@ -37,6 +37,10 @@ struct CudaBackendOptions {
   // RoPE, the KV append and the key summaries in one kernel (rope_kv_append.cu); off runs the
   // three kernels (tests compare the two).
   bool fused_rope_kv_append = true;
+  // The residual add and RMSNorm after o_proj and down_proj in the last block of the linear's
+  // own kernel, at one row (Backend::linear_add_rms_norm, skinny_linear.h); off launches
+  // add_rms_norm after it (tests compare the two).
+  bool fused_linear_norm = true;
 };
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);

@@ -5,13 +5,14 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/dependent_launch.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/norm_row.cuh"
 #include "backend/cuda/vec.cuh"
 
 namespace lserve::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = kNormRowThreads;
 
 template <bool kVec>
 __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const bf16* x, const bf16* __restrict__ w, float eps,
@@ -53,6 +54,7 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const bf16* x, const
 }
 
 // residual = bf16(residual + x), as HF adds in the model dtype; the norm reads the rounded sum.
+// The vector path is norm_row.cuh's, which the skinny linear's fused norm runs too.
 template <bool kVec>
 __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(bf16* __restrict__ residual, const bf16* __restrict__ x,
                                                                 const bf16* __restrict__ w, float eps,
@@ -63,39 +65,17 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(bf16* __restrict
   bf16* rr = residual + blockIdx.x * int64_t{cols};
   const bf16* xr = x + blockIdx.x * int64_t{cols};
   bf16* orow = out + blockIdx.x * int64_t{cols};
-  float ss = 0.0f;
   if constexpr (kVec) {
-    for (int i = threadIdx.x * 8; i < cols; i += kThreads * 8) {
-      float a[8], b[8];
-      reinterpret_cast<const Bf16x8*>(rr + i)->to_float(a);
-      reinterpret_cast<const Bf16x8*>(xr + i)->to_float(b);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) a[j] += b[j];
-      const Bf16x8 s = Bf16x8::from_float(a);
-      *reinterpret_cast<Bf16x8*>(rr + i) = s;
-      s.to_float(a);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) ss += a[j] * a[j];
-    }
+    add_rms_norm_row8(rr, xr, w, eps, orow, cols, scratch);
   } else {
+    float ss = 0.0f;
     for (int i = threadIdx.x; i < cols; i += kThreads) {
       const bf16 s = __float2bfloat16_rn(__bfloat162float(rr[i]) + __bfloat162float(xr[i]));
       rr[i] = s;
       const float f = __bfloat162float(s);
       ss += f * f;
     }
-  }
-  const float inv = rsqrtf(block_sum(ss, scratch) / static_cast<float>(cols) + eps);
-  if constexpr (kVec) {
-    for (int i = threadIdx.x * 8; i < cols; i += kThreads * 8) {
-      float f[8], g[8];
-      reinterpret_cast<const Bf16x8*>(rr + i)->to_float(f);
-      reinterpret_cast<const Bf16x8*>(w + i)->to_float(g);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) f[j] = g[j] * (f[j] * inv);
-      *reinterpret_cast<Bf16x8*>(orow + i) = Bf16x8::from_float(f);
-    }
-  } else {
+    const float inv = rsqrtf(block_sum(ss, scratch) / static_cast<float>(cols) + eps);
     for (int i = threadIdx.x; i < cols; i += kThreads)
       orow[i] = __float2bfloat16_rn(__bfloat162float(w[i]) * (__bfloat162float(rr[i]) * inv));
   }

@@ -21,6 +21,11 @@ inline constexpr int kSkinnyMaxTokens = 8;
 inline constexpr int kSkinnyGroupMaxTokens = 8;
 inline constexpr int kSkinnySingleMaxTokens = 2;
 inline constexpr int kSkinnyMaxTargets = 3;
+// Where the backend ends a single linear with the residual add and norm after it
+// (skinny_linear_add_rms_norm; bench/cuda/linear_timing on an H200): at one row o_proj's 14.7 us
+// (linear, then add_rms_norm) became 14.0 and down_proj's 34.3 became 33.6; at two rows the last
+// block's two norms in turn made them slower (15.3 -> 16.1, 34.9 -> 35.8 us).
+inline constexpr int kSkinnyFusedNormMaxTokens = 1;
 
 // One linear of a launch: out[M, rows] = x[M, K] @ weight[rows, K]^T (+ bias[rows]).
 struct SkinnyTarget {
@@ -46,5 +51,16 @@ bool skinny_linear_supports(int64_t tokens, int64_t K, const __nv_bfloat16* x, c
 // above, for shapes the kernel does not take.
 [[nodiscard]] bool skinny_gated_linear(const __nv_bfloat16* x, int64_t tokens, int64_t K, const __nv_bfloat16* gate,
                          const __nv_bfloat16* up, int64_t rows, __nv_bfloat16* out, cudaStream_t stream);
+
+// out[M, rows] = x @ weight^T, then residual += out and normed = rms_norm(residual) * norm_weight
+// (residual, normed: [M, rows]) in the same launch: its last block runs add_rms_norm's row (the
+// same bits as the separate kernel). `arrivals`: one u32 of device memory, zero, that the
+// stream's fused launches share (it is zero again after each). False, launching nothing, for
+// shapes the kernel does not take, or where the norm's vector path does not apply (rows not a
+// multiple of 8, a pointer not 16-byte aligned).
+[[nodiscard]] bool skinny_linear_add_rms_norm(const __nv_bfloat16* x, int64_t tokens, int64_t K,
+                                              const __nv_bfloat16* weight, int64_t rows, __nv_bfloat16* out,
+                                              __nv_bfloat16* residual, const __nv_bfloat16* norm_weight, float eps,
+                                              __nv_bfloat16* normed, uint32_t* arrivals, cudaStream_t stream);
 
 }  // namespace lserve::cuda
