@@ -113,7 +113,7 @@ if want max-context; then
   echo "== the largest context ($(elapsed))"
   long=bench/configs/llama-3-8b-2m.json
   timeout 560 build-gpu/lserve bench --device cuda --load-format dummy --model "$long" --attention lserve \
-    --prompt-tokens 1048576 --decode-tokens 9 --repeats 1 --warmup 0 --csv "$out/max_context.csv" 2>&1 |
+    --prompt-tokens 1048576 --decode-tokens 33 --repeats 1 --warmup 0 --csv "$out/max_context.csv" 2>&1 |
     grep -v "\[info\]" | tee "$out/max_context.log" || status=1
   if timeout 120 build-gpu/lserve bench --device cuda --load-format dummy --model "$long" --attention dense \
        --prompt-tokens 1048576 --decode-tokens 9 --repeats 1 --warmup 0 >>"$out/max_context.log" 2>&1; then
