@@ -111,11 +111,11 @@ void run_serve_bench(ServeBenchOptions o) {
   int port = 0;
   const int max_concurrency = *std::max_element(o.concurrency.begin(), o.concurrency.end());
   if (o.url.empty()) {
-    if (o.model.kv_cache_gib <= 0) o.model.kv_cache_gib = 1.0;
+    default_server_threads(o.model);
     m = std::make_unique<LoadedModel>(load_model(o.model));
     if (!m->tokenizer) fail("{}: no tokenizer.json", m->dir.string());
     resolve_auto_policy(o.model, *m, m->model->max_context());
-    cache = make_kv_cache(*m, o.model, m->model->max_context(), max_concurrency, o.max_batched_tokens);
+    cache = make_server_kv_cache(*m, o.model, m->model->max_context(), max_concurrency, o.max_batched_tokens);
     EngineOptions eo;
     eo.scheduler.max_running = max_concurrency;
     eo.scheduler.max_batched_tokens = o.max_batched_tokens;

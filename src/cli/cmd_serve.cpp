@@ -53,20 +53,13 @@ void run_serve(ServeOptions o) {
     }
   } joiner{http, listener};
 
-  if (o.model.kv_cache_gib <= 0) o.model.kv_cache_gib = 1.0;
+  default_server_threads(o.model);
   LoadedModel m = load_model(o.model);
   if (!m.tokenizer) fail("{}: no tokenizer.json; serve needs a tokenizer", m.dir.string());
   const int64_t max_context = m.model->max_context();
   // One KV cache layout serves every request, so the choice follows the longest prompt served.
   resolve_auto_policy(o.model, m, max_context);
-  auto cache = make_kv_cache(m, o.model, max_context, o.max_running, o.max_batched_tokens);
-  if (cache->has_pool(HeadKind::Retrieval)) {
-    const int64_t capacity = cache->allocator(HeadKind::Retrieval).num_pages() * cache->page_size();
-    if (capacity < max_context)
-      fail("the KV cache holds {} tokens, less than the max context of {}: raise --kv-cache-memory (now {} GiB) or "
-           "lower --max-context",
-           capacity, max_context, o.model.kv_cache_gib);
-  }
+  auto cache = make_server_kv_cache(m, o.model, max_context, o.max_running, o.max_batched_tokens);
   EngineOptions eo;
   eo.scheduler.max_batched_tokens = o.max_batched_tokens;
   eo.scheduler.max_running = static_cast<int32_t>(o.max_running);

@@ -1,7 +1,11 @@
 #include "cli/model_options.h"
 
+#include <sched.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <thread>
 
 #include "core/error.h"
 #include "model/weights.h"
@@ -41,10 +45,13 @@ void add_model_options(CLI::App* cmd, ModelOptions& o) {
                 "with --device cuda: plan and queue each decode step while the one before it runs, fed by the "
                 "token it draws on the GPU, so the GPU does not wait for the host between steps (on by default: "
                 "faster end to end where measured; --no-overlap-steps runs one step after the other)");
-  cmd->add_option("--threads,-t", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads,-t", o.threads,
+                  "CPU threads (default: all cores; serve and bench-serve: all but one, for the HTTP threads)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-context", o.max_context, "longest sequence served (default: the model's max_position_embeddings)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--kv-cache-memory", o.kv_cache_gib, "KV cache size in GiB (default: what the command needs)")
+  cmd->add_option("--kv-cache-memory", o.kv_cache_gib, "KV cache size in GiB (default: what the command needs; serve and bench-serve: 1 GiB, more "
+                  "where one sequence of the max context needs it)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--dummy-seed", o.dummy_seed, "seed of --load-format dummy weights");
 
@@ -189,6 +196,49 @@ LoadedModel load_model(const ModelOptions& o) {
 std::unique_ptr<KvCache> make_kv_cache(const LoadedModel& m, const ModelOptions& o, int64_t tokens,
                                        int64_t max_sequences, int64_t prefill_chunk) {
   return make_kv_cache(m, o, resolve_head_pattern(m, o.sparsity), tokens, max_sequences, prefill_chunk);
+}
+
+void default_server_threads(ModelOptions& o) {
+  if (o.threads > 0 || o.device != "cpu") return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const int cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
+                                                                  : static_cast<int>(std::thread::hardware_concurrency());
+  o.threads = std::max(1, cores - 1);
+}
+
+std::unique_ptr<KvCache> make_server_kv_cache(const LoadedModel& m, ModelOptions& o, int64_t max_context,
+                                              int64_t max_sequences, int64_t prefill_chunk) {
+  const bool given = o.kv_cache_gib > 0;
+  if (!given) o.kv_cache_gib = 1.0;
+  auto cache = make_kv_cache(m, o, max_context, max_sequences, prefill_chunk);
+  if (!cache->has_pool(HeadKind::Retrieval)) return cache;
+  auto capacity = [&] { return cache->allocator(HeadKind::Retrieval).num_pages() * cache->page_size(); };
+  // The streaming pool takes its sequences' windows, up to three quarters of the memory (KvCache):
+  // while it is at that cap, a GiB more gives the retrieval pool a quarter of it.
+  for (int attempt = 0; attempt < 3 && !given && capacity() < max_context; ++attempt) {
+    const int64_t missing_pages = (max_context - capacity() + cache->page_size() - 1) / cache->page_size() + 1;
+    const auto gib = [](double bytes) { return bytes / static_cast<double>(1ull << 30); };
+    double missing_gib = gib(static_cast<double>(missing_pages) *
+                             static_cast<double>(cache->bytes_per_page(HeadKind::Retrieval)));
+    if (cache->has_pool(HeadKind::Streaming)) {
+      const double streaming_gib = gib(static_cast<double>(cache->allocator(HeadKind::Streaming).num_pages()) *
+                                       static_cast<double>(cache->bytes_per_page(HeadKind::Streaming)));
+      if (streaming_gib >= 0.75 * o.kv_cache_gib - gib(static_cast<double>(cache->bytes_per_page(HeadKind::Streaming))))
+        missing_gib *= 4;
+    }
+    cache.reset();  // its memory first
+    o.kv_cache_gib += missing_gib;
+    spdlog::info("KV cache: {:.2f} GiB, to hold one sequence of the max context ({} tokens) beside {} sequences' "
+                 "streaming windows (--kv-cache-memory sets it)",
+                 o.kv_cache_gib, max_context, max_sequences);
+    cache = make_kv_cache(m, o, max_context, max_sequences, prefill_chunk);
+  }
+  if (capacity() < max_context)
+    fail("the KV cache holds {} tokens, less than the max context of {}: raise --kv-cache-memory (now {:.2f} GiB) or "
+         "lower --max-context",
+         capacity(), max_context, o.kv_cache_gib);
+  return cache;
 }
 
 std::unique_ptr<KvCache> make_kv_cache(const LoadedModel& m, const ModelOptions& o, const HeadPattern& pattern,

@@ -74,6 +74,17 @@ HeadPattern resolve_head_pattern(const LoadedModel& m, const SparsityConfig& spa
 // sequences of `tokens` tokens each, prefilled in chunks of `prefill_chunk`.
 std::unique_ptr<KvCache> make_kv_cache(const LoadedModel& m, const ModelOptions& options, int64_t tokens,
                                        int64_t max_sequences = 1, int64_t prefill_chunk = 2048);
+// A server's CPU threads when --threads is unset: every core but one. The HTTP threads wake on
+// every token of every stream; with the last core taken by the compute threads, each wake-up
+// preempts one of them and stalls the whole team at its next barrier (serving the bundled model
+// on 2 cores: 200 tokens took 1.05 s on 2 threads, 0.16 s on 1).
+void default_server_threads(ModelOptions& options);
+
+// A server's shared KV pool: --kv-cache-memory, or (when unset) 1 GiB, grown where that is short of
+// one sequence of `max_context` tokens beside the streaming windows of `max_sequences` (it then
+// says so). Fails, naming the flags, where a given size is too small for that one sequence.
+std::unique_ptr<KvCache> make_server_kv_cache(const LoadedModel& m, ModelOptions& options, int64_t max_context,
+                                              int64_t max_sequences, int64_t prefill_chunk);
 // The same under a given head pattern (profiling tries many).
 std::unique_ptr<KvCache> make_kv_cache(const LoadedModel& m, const ModelOptions& options, const HeadPattern& pattern,
                                        int64_t tokens, int64_t max_sequences = 1, int64_t prefill_chunk = 2048);

@@ -30,11 +30,13 @@ inline ApiError bad_request(std::string message, std::string param = {}) {
 // {"error": {"message", "type", "param", "code"}}, the shape OpenAI's API answers errors with.
 inline nlohmann::json error_body(int status, const std::string& message, const std::string& param = {},
                                  const std::string& code = {}) {
-  const char* type = status == 401   ? "authentication_error"
-                     : status == 404 ? "not_found_error"
-                     : status == 503 ? "service_unavailable"
-                     : status >= 500 ? "internal_error"
-                                     : "invalid_request_error";
+  // An unknown model is a 404 of type invalid_request_error, as OpenAI answers it; an unknown path
+  // a not_found_error.
+  const char* type = status == 401                                ? "authentication_error"
+                     : status == 404 && code != "model_not_found" ? "not_found_error"
+                     : status == 503                              ? "service_unavailable"
+                     : status >= 500                              ? "internal_error"
+                                                                  : "invalid_request_error";
   nlohmann::json e = {{"message", message}, {"type", type}, {"param", nullptr}, {"code", nullptr}};
   if (!param.empty()) e["param"] = param;
   if (!code.empty()) e["code"] = code;

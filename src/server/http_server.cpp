@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "server/api_error.h"
+#include "server/client_connection.h"
 #include "server/metrics.h"
 #include "server/openai_response.h"
 #include "server/request_stream.h"
@@ -19,6 +20,7 @@ using nlohmann::json;
 namespace {
 
 constexpr auto kStreamPoll = std::chrono::milliseconds(500);  // keep-alive comment period while silent
+constexpr auto kClientPoll = std::chrono::milliseconds(250);  // a non-streaming response's check for its client
 
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
@@ -161,6 +163,10 @@ void HttpServer::routes() {
     if (!res.body.empty()) return;  // a handler already answered
     if (res.status == 404) send_error(res, 404, fmt::format("no route for {} {}", req.method, req.path));
     else if (res.status == 405) send_error(res, 405, fmt::format("method {} not allowed on {}", req.method, req.path));
+    else if (res.status == 413)  // past the payload limit; or a form-encoded body past the HTTP library's 8 KB
+      send_error(res, 413,
+                 "the request body is too large (at most 256 MiB; send JSON as Content-Type: application/json)");
+    else if (res.status >= 400) send_error(res, res.status, fmt::format("the request could not be read (HTTP {})", res.status));
   });
 
   http_->Get("/health", [this](const httplib::Request&, httplib::Response& res) {
@@ -223,13 +229,22 @@ void HttpServer::generate(const httplib::Request& req, httplib::Response& res, b
       for (int c = 0; c < num_choices; ++c) echo.push_back(pr.prompt_texts[static_cast<size_t>(c / n)]);
 
     if (!pr.stream) {
+      // Nothing is written until the end, so no write can fail to tell that the client has
+      // gone (timed out, aborted): its socket is watched instead, and its requests aborted.
+      const ClientConnection client(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
       std::vector<ChoiceAccumulator> choices(static_cast<size_t>(num_choices));
       int finished = 0;
-      while (finished < num_choices)
-        for (auto& [c, out] : stream->wait(std::chrono::seconds(1))) {
+      while (finished < num_choices) {
+        for (auto& [c, out] : stream->wait(kClientPoll)) {
           finished += out.finished;
           choices[static_cast<size_t>(c)].add(out);
         }
+        if (finished < num_choices && client.closed()) {
+          for (uint64_t id : ids) engine_->abort(id);
+          res.status = 499;  // no one reads it (nginx's "client closed request")
+          return;
+        }
+      }
       for (const auto& c : choices)
         if (c.finish == FinishReason::Error) return send_error(res, 500, "generation failed: " + c.error);
       return send_json(res, 200, final_response(meta, choices, n, echo, model_.tokenizer));
@@ -303,7 +318,7 @@ void HttpServer::tokenize(const httplib::Request& req, httplib::Response& res) {
     const json body = parse_body(req.body);
     if (!model_.tokenizer) throw bad_request("this model has no tokenizer");
     if (body.contains("model") && body["model"] != model_.name)
-      throw ApiError(400, fmt::format("the model '{}' does not exist", body["model"].dump()), "model", "model_not_found");
+      throw ApiError(404, fmt::format("the model '{}' does not exist", body["model"].dump()), "model", "model_not_found");
     std::vector<int32_t> ids;
     if (body.contains("messages")) {
       json chat = body;

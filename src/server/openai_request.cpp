@@ -38,13 +38,28 @@ double number(const json& v, const char* key, double lo, double hi) {
   return x;
 }
 
+// An integer in [lo, hi], given as a JSON integer or a whole float (4.0). Compared exactly:
+// 2^63 and above (parsed as unsigned) must not wrap into range.
 int64_t integer(const json& v, const char* key, int64_t lo, int64_t hi) {
-  const bool whole = v.is_number_integer() || (v.is_number_float() && std::nearbyint(v.get<double>()) == v.get<double>());
-  if (!whole) throw bad_request(fmt::format("'{}' must be an integer", key), key);
-  const double x = v.get<double>();
-  if (!(x >= static_cast<double>(lo) && x <= static_cast<double>(hi)))
-    throw bad_request(fmt::format("'{}' must be in [{}, {}], got {}", key, lo, hi, v.dump()), key);
-  return v.is_number_unsigned() ? static_cast<int64_t>(v.get<uint64_t>()) : v.get<int64_t>();
+  const auto out_of_range = [&] {
+    return bad_request(fmt::format("'{}' must be in [{}, {}], got {}", key, lo, hi, v.dump()), key);
+  };
+  int64_t i = 0;
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(INT64_MAX)) throw out_of_range();
+    i = static_cast<int64_t>(u);
+  } else if (v.is_number_integer()) {
+    i = v.get<int64_t>();
+  } else if (v.is_number_float() && std::nearbyint(v.get<double>()) == v.get<double>()) {
+    const double x = v.get<double>();
+    if (!(x >= -0x1p63 && x < 0x1p63)) throw out_of_range();
+    i = static_cast<int64_t>(x);
+  } else {
+    throw bad_request(fmt::format("'{}' must be an integer", key), key);
+  }
+  if (i < lo || i > hi) throw out_of_range();
+  return i;
 }
 
 bool boolean(const json& v, const char* key) {
@@ -68,7 +83,7 @@ void check_model(const json& body, const ModelContext& m) {
   if (!v) throw bad_request("you must provide a model parameter", "model");
   const std::string& name = string(*v, "model");
   if (name != m.name)
-    throw ApiError(400, fmt::format("the model '{}' does not exist; this server serves '{}'", name, m.name), "model",
+    throw ApiError(404, fmt::format("the model '{}' does not exist; this server serves '{}'", name, m.name), "model",
                    "model_not_found");
 }
 
@@ -244,7 +259,7 @@ json parse_body(const std::string& text) {
   json body;
   try {
     body = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // a syntax error, or a number past double's range (1e999)
     throw bad_request(fmt::format("the request body is not valid JSON: {}", e.what()));
   }
   if (!body.is_object()) throw bad_request("the request body must be a JSON object");

@@ -188,7 +188,13 @@ test("bad requests get OpenAI-style 400s and lose nothing", async () => {
       return true;
     });
   };
-  await expect400({ model: "no-such-model" }, "model");
+  // An unknown model is a 404, as OpenAI answers it.
+  await assert.rejects(client.completions.create({ model: "no-such-model", prompt: "hi", max_tokens: 4 }), (e) => {
+    assert.equal(e.status, 404, JSON.stringify(e.error));
+    assert.equal(e.error.code, "model_not_found");
+    assert.equal(e.error.param, "model");
+    return true;
+  });
   await expect400({ max_tokens: 0 }, "max_tokens");
   await expect400({ max_tokens: -5 }, "max_tokens");
   await expect400({ temperature: "hot" }, "temperature");
@@ -202,12 +208,17 @@ test("bad requests get OpenAI-style 400s and lose nothing", async () => {
   await assert.rejects(client.chat.completions.create({ model: MODEL, messages: [{ role: "wizard", content: "x" }] }), (e) => e.status === 400);
 
   const post = (path, body, headers = {}) => fetch(server.url + path, { method: "POST", body, headers: { "Content-Type": "application/json", ...headers } });
-  for (const body of ["{not json", "[1, 2]", "", Buffer.from([0x7b, 0x22, 0x70, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0x22, 0x7d])]) {
+  for (const body of ["{not json", "[1, 2]", "", Buffer.from([0x7b, 0x22, 0x70, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0x22, 0x7d]),
+                      `{"model": "${MODEL}", "prompt": "hi", "temperature": 1e999}`]) {
     const res = await post("/v1/completions", body);
-    assert.equal(res.status, 400);
+    assert.equal(res.status, 400, String(body));
     const err = (await res.json()).error;
     assert.equal(err.type, "invalid_request_error");
   }
+  // 2^63 is past every integer field's range, and said so as written (not wrapped to -2^63).
+  const huge = await post("/v1/completions", `{"model": "${MODEL}", "prompt": "hi", "max_tokens": 9223372036854775808}`);
+  assert.equal(huge.status, 400);
+  assert.ok((await huge.json()).error.message.includes("got 9223372036854775808"));
   const missing = await fetch(server.url + "/v1/nothing");
   assert.equal(missing.status, 404);
   assert.ok((await missing.json()).error.message.includes("/v1/nothing"));
@@ -241,6 +252,38 @@ test("a client that disconnects mid-stream aborts its request and frees its page
   }
   const m = await waitIdle(server.url);
   assert.equal(m.value("lserve_requests_finished_total", 'finished_reason="abort"'), before + 1);
+});
+
+test("a client that gives up on a non-streaming request aborts it and frees its pages", async () => {
+  const before = (await metrics(server.url)).value("lserve_requests_finished_total", 'finished_reason="abort"');
+  const controller = new AbortController();
+  const pending = client.completions.create(
+    { model: MODEL, prompt: "Keep talking", max_tokens: 3000, temperature: 0, ignore_eos: true },
+    { signal: controller.signal });
+  // Abort once the request runs (it holds pages), long before its 3000 tokens are done.
+  for (let i = 0; i < 200; i++) {
+    if ((await metrics(server.url)).value("lserve_requests_running") === 1) break;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  controller.abort();
+  await assert.rejects(pending);
+  const m = await waitIdle(server.url);
+  assert.equal(m.value("lserve_requests_finished_total", 'finished_reason="abort"'), before + 1);
+});
+
+test("serve --attention lserve starts at the model's full context with the default KV pool", async () => {
+  // The default 1 GiB, most of it the streaming windows of 64 sequences, is short of one
+  // 32K-token sequence: the server grows the pool rather than refusing to start.
+  const sparse = await startServer(["--attention", "lserve"]);
+  try {
+    assert.match(sparse.log(), /to hold one sequence of the max context \(32768 tokens\)/);
+    const c = new OpenAI({ baseURL: sparse.url + "/v1", apiKey: "unused", maxRetries: 0 });
+    const r = await c.completions.create({ model: MODEL, prompt: "Once upon a time", max_tokens: 8, ignore_eos: true });
+    assert.equal(r.usage.completion_tokens, 8);
+    await waitIdle(sparse.url);
+  } finally {
+    await stopServer(sparse);
+  }
 });
 
 test("sparse attention per request: LServe's knobs over the server's, refused where the cache cannot run them", async () => {
