@@ -50,7 +50,8 @@ void add_model_options(CLI::App* cmd, ModelOptions& o) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-context", o.max_context, "longest sequence served (default: the model's max_position_embeddings)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--kv-cache-memory", o.kv_cache_gib, "KV cache size in GiB (default: what the command needs; serve and bench-serve: 1 GiB, more "
+  cmd->add_option("--kv-cache-memory", o.kv_cache_gib,
+                  "KV cache size in GiB (default: what the command needs; serve and bench-serve: 1 GiB, more "
                   "where one sequence of the max context needs it)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--dummy-seed", o.dummy_seed, "seed of --load-format dummy weights");

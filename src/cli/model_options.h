@@ -77,7 +77,8 @@ std::unique_ptr<KvCache> make_kv_cache(const LoadedModel& m, const ModelOptions&
 // A server's CPU threads when --threads is unset: every core but one. The HTTP threads wake on
 // every token of every stream; with the last core taken by the compute threads, each wake-up
 // preempts one of them and stalls the whole team at its next barrier (serving the bundled model
-// on 2 cores: 200 tokens took 1.05 s on 2 threads, 0.16 s on 1).
+// on 2 cores, one non-streaming request of 200 tokens: 1.30 s on 2 threads, 0.35 s on 1; `lserve
+// bench serve` on both: bench/results/serve/dense.txt).
 void default_server_threads(ModelOptions& options);
 
 // A server's shared KV pool: --kv-cache-memory, or (when unset) 1 GiB, grown where that is short of

@@ -20,7 +20,6 @@ class ClientConnection {
   // aborted. A client that only half-closes (shuts down its sending side and still reads) is
   // taken as gone too; HTTP clients in use do not do that.
   bool closed() const;
-  bool found() const { return fd_ >= 0; }
 
  private:
   int fd_ = -1;

@@ -1340,11 +1340,11 @@ class CudaBackend final : public Backend {
   float* partial_o_ = nullptr;
   float* partial_lse_ = nullptr;
   cuda::ArrivalCounters merge_arrivals_buffer_;
+  uint32_t* merge_arrivals_ = nullptr;
   // The fused norm's counter (skinny_linear_add_rms_norm): one for the stream, whose launches
   // run one after another.
   cuda::ArrivalCounters norm_arrivals_buffer_;
   uint32_t* norm_arrivals_ = nullptr;
-  uint32_t* merge_arrivals_ = nullptr;
   std::map<int64_t, int32_t> max_splits_;  // (head_dim, KV heads) -> decode_max_splits
 
   // Recorded steps (CUDA graphs), one per key; few shapes recur (one per decode batch size).

@@ -39,14 +39,7 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const bf16* x, const
   const float inv = rsqrtf(block_sum(ss, scratch) / static_cast<float>(cols) + eps);
   // out may alias x: each thread rewrites only the elements it read itself.
   if constexpr (kVec) {
-    for (int i = threadIdx.x * 8; i < cols; i += kThreads * 8) {
-      float f[8], g[8];
-      reinterpret_cast<const Bf16x8*>(xr + i)->to_float(f);
-      reinterpret_cast<const Bf16x8*>(w + i)->to_float(g);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) f[j] = g[j] * (f[j] * inv);
-      *reinterpret_cast<Bf16x8*>(orow + i) = Bf16x8::from_float(f);
-    }
+    scale_row8(xr, w, inv, orow, cols);
   } else {
     for (int i = threadIdx.x; i < cols; i += kThreads)
       orow[i] = __float2bfloat16_rn(__bfloat162float(w[i]) * (__bfloat162float(xr[i]) * inv));

@@ -23,8 +23,9 @@ inline constexpr int kSkinnySingleMaxTokens = 2;
 inline constexpr int kSkinnyMaxTargets = 3;
 // Where the backend ends a single linear with the residual add and norm after it
 // (skinny_linear_add_rms_norm; bench/cuda/linear_timing on an H200): at one row o_proj's 14.7 us
-// (linear, then add_rms_norm) became 14.0 and down_proj's 34.3 became 33.6; at two rows the last
-// block's two norms in turn made them slower (15.3 -> 16.1, 34.9 -> 35.8 us).
+// (linear, then add_rms_norm) became 14.2 and down_proj's 34.2 became 33.6; in the run before,
+// with two rows fused too, the last block's two norms in turn made them slower (15.3 -> 16.1,
+// 34.9 -> 35.8 us).
 inline constexpr int kSkinnyFusedNormMaxTokens = 1;
 
 // One linear of a launch: out[M, rows] = x[M, K] @ weight[rows, K]^T (+ bias[rows]).
